@@ -1,0 +1,1 @@
+"""Raw Stanford Cars preparation, the Dataset and DataModule, the image cache and the synthetic generator."""

@@ -1,0 +1,1 @@
+"""Architectures, their registry, the label-smoothing loss and the LightningModule."""

@@ -1,0 +1,1 @@
+"""Network architectures written for this project (the rest come from torchvision)."""

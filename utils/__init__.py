@@ -1,0 +1,1 @@
+"""Configuration, logging, trackers and small helpers shared by the scripts."""

@@ -1,0 +1,398 @@
+"""The config schema: the one place where every key, its type, default and meaning live.
+
+`load_config` reads a YAML file (`config.yml`, or `config_template.yml` when that is missing), applies
+`--set KEY=VALUE` overrides and checks every value against the schema. Defaults are the values of the
+thesis's best run (C-50), so a partial config file trains the thesis's recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import difflib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from utils.errors import ConfigError
+
+log = logging.getLogger("cars")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = "config.yml"
+TEMPLATE_CONFIG = "config_template.yml"
+SECRET_MASK = "***"
+
+
+# --- value checks: each returns True when the value is acceptable ------------------------------------------------
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float))) and not isinstance(v, bool)
+
+
+def _is_mapping_of_params(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) for k in v)
+
+
+def _is_transform_list(v: Any) -> bool:
+    return _is_mapping_of_params(v) and all(p is None or isinstance(p, dict) for p in v.values())
+
+
+def _is_norm_params(v: Any) -> bool:
+    return (
+        isinstance(v, dict)
+        and set(v) == {"mean", "std"}
+        and all(isinstance(v[k], list) and v[k] and all(_is_number(x) for x in v[k]) for k in ("mean", "std"))
+        and all(x > 0 for x in v["std"])
+    )
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A value type: a predicate and the words used to say what is expected."""
+
+    check: Callable[[Any], bool]
+    expected: str
+
+
+BOOL = Kind(lambda v: isinstance(v, bool), "true or false")
+STR = Kind(lambda v: isinstance(v, str), "a string")
+POS_INT = Kind(lambda v: _is_int(v) and v > 0, "a positive integer")
+NON_NEG_INT = Kind(lambda v: _is_int(v) and v >= 0, "a non-negative integer")
+INT = Kind(_is_int, "an integer")
+PROBABILITY = Kind(lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)")
+SIZE = Kind(
+    lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(x) and x > 0 for x in v),
+    "a list of two positive integers [height, width]",
+)
+NORM = Kind(_is_norm_params, "a mapping {mean: [numbers], std: [positive numbers]} of equal lengths")
+TRANSFORMS = Kind(_is_transform_list, "a mapping of transform names to parameter mappings (or null)")
+PARAMS = Kind(_is_mapping_of_params, "a mapping of parameter names to values")
+STR_LIST = Kind(lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings")
+DEVICES = Kind(
+    lambda v: v == "auto" or (_is_int(v) and v != 0) or (isinstance(v, list) and all(_is_int(x) for x in v)),
+    "'auto', a number of devices (-1 for all) or a list of device indices",
+)
+PRECISION = Kind(
+    lambda v: isinstance(v, str) and v in {"32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"},
+    "one of '32-true', '16-mixed', 'bf16-mixed', 'bf16-true', '16-true', '64-true'",
+)
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: name, section, default, type, meaning; `nullable` allows null, `choices` limits strings."""
+
+    name: str
+    section: str
+    default: Any
+    kind: Kind
+    help: str
+    nullable: bool = False
+    choices: tuple[str, ...] | None = None
+    secret: bool = False
+
+    def expected(self) -> str:
+        text = "one of " + ", ".join(repr(c) for c in self.choices) if self.choices else self.kind.expected
+        return text + (" or null" if self.nullable else "")
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.nullable
+        if self.choices is not None and value not in self.choices:
+            return False
+        return self.kind.check(value)
+
+
+C50_IMAGE_AUGMENTATIONS = {
+    "RandomHorizontalFlip": {"p": 0.5},
+    "RandomAffine": {"degrees": 25, "translate": [0.1, 0.1], "scale": [0.9, 1.1], "shear": 8},
+    "ColorJitter": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.1},
+}
+
+SCHEMA: tuple[Key, ...] = (
+    # Logging
+    Key("loglevel", "logging", "INFO", STR, "Console and log-file level.",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    Key("logging_dir", "logging", "logs", STR, "Folder of the daily log files `<YYYYMMDD>.log`."),
+    Key("log_to_neptune", "logging", False, BOOL, "Log runs to Neptune (see documentation/experiment_tracking.md)."),
+    Key("neptune_username", "logging", "<neptune.ai username>", STR, "Neptune workspace (user) name."),
+    Key("neptune_project_name", "logging", "<neptune.ai project name>", STR, "Neptune project name."),
+    Key("neptune_api_token", "logging", "<neptune.ai API token>", STR,
+        "Neptune API token; the placeholder means: use the NEPTUNE_API_TOKEN environment variable. Never written "
+        "to any file or the console.", secret=True),
+    Key("neptune_mode", "logging", "async", STR, "Neptune connection mode; `offline` needs no token and no network.",
+        choices=("async", "offline", "debug")),
+    Key("log_to_mlflow", "logging", True, BOOL, "Log runs to the local MLflow dashboard."),
+    Key("mlflow_tracking_uri", "logging", "sqlite:///mlruns.db", STR,
+        "MLflow tracking store; browse it with `mlflow ui --backend-store-uri sqlite:///mlruns.db`."),
+    Key("experiment_name", "logging", "stanford-cars", STR, "MLflow experiment the runs are grouped under."),
+    Key("tags", "logging", [], STR_LIST, "Tags given to the run in every tracker (e.g. the thesis's experiment ID)."),
+    Key("description", "logging", "", STR, "Free-text description of the run, given to every tracker."),
+    # Paths
+    Key("stanford_raw_data_path", "paths", "<path to the folder containing the raw Stanford Cars downloads>", STR,
+        "Folder with the raw downloads (either release; see documentation/dataset.md)."),
+    Key("stanford_data_path", "paths", "input/stanford", STR,
+        "Prepared data: `train/`, `test/`, `train_labels.csv`, `test_labels.csv`."),
+    Key("output_path", "paths", "output", STR, "Run folders `<output_path>/<run_name>/` are created here."),
+    Key("cache_dir", "paths", None, STR,
+        "Where the image cache lives; null = `<stanford_data_path>/.cache`.", nullable=True),
+    # Preprocessing
+    Key("image_size", "preprocessing", [227, 227], SIZE, "Images are resized to [height, width]."),
+    Key("convert_to_grayscale", "preprocessing", False, BOOL, "Convert images to 1-channel grayscale."),
+    Key("normalize", "preprocessing", True, BOOL, "Normalize pixel values with the parameters below."),
+    Key("normalization_params_rgb", "preprocessing",
+        {"mean": [0.4707, 0.4602, 0.4550], "std": [0.2594, 0.2585, 0.2635]}, NORM,
+        "Per-channel mean/std used when `convert_to_grayscale` is false (3 values each)."),
+    Key("normalization_params_grayscale", "preprocessing", {"mean": [0.4627], "std": [0.2545]}, NORM,
+        "Mean/std used when `convert_to_grayscale` is true (1 value each)."),
+    # Augmentations
+    Key("crop_to_bboxes", "augmentations", False, BOOL, "Crop training images to their bounding boxes."),
+    Key("erase_background", "augmentations", False, BOOL,
+        "Paste the bbox crop centred on a white canvas of the original size (only with `crop_to_bboxes`)."),
+    Key("augment_images", "augmentations", True, BOOL, "Apply `image_augmentations` to training images."),
+    Key("image_augmentations", "augmentations", C50_IMAGE_AUGMENTATIONS, TRANSFORMS,
+        "torchvision.transforms.v2 names with their parameters, applied in this order before conversion to tensor.",
+        nullable=True),
+    Key("augment_tensors", "augmentations", False, BOOL, "Apply `tensor_augmentations` to training tensors."),
+    Key("tensor_augmentations", "augmentations", {"RandomErasing": {"p": 0.5, "scale": [0.02, 0.25]}}, TRANSFORMS,
+        "torchvision.transforms.v2 names with parameters, applied after conversion to tensor, before Normalize.",
+        nullable=True),
+    # Network and training
+    Key("architecture", "network", "ghost", STR, "A name of `models/arch_dict.py` (e.g. ghost, mob_v2, eff_b0)."),
+    Key("batch_size", "network", 64, POS_INT, "Images per batch (per device)."),
+    Key("num_epochs", "network", 200, POS_INT, "Maximum number of epochs."),
+    Key("dropout", "network", 0.2, PROBABILITY, "Dropout rate before the last Linear layer (GhostNet only)."),
+    Key("output_channels", "network", 320, POS_INT,
+        "Width of the layer mapped to the classes (GhostNet only; 1280 in the original GhostNet)."),
+    Key("early_stopping_patience", "network", None, POS_INT,
+        "Epochs without a lower `valid_loss` before stopping; null = the thesis's rule: 15, or 3x the patience of "
+        "ReduceLROnPlateau.", nullable=True),
+    # Optimizer, scheduler, loss
+    Key("optimizer", "optimization", "AdamW", STR, "A class name of `torch.optim`."),
+    Key("optimizer_params", "optimization", {"lr": 0.001, "weight_decay": 0.6}, PARAMS,
+        "Keyword arguments of the optimizer."),
+    Key("lr_scheduler", "optimization", "MultiStepLR", STR,
+        "A class name of `torch.optim.lr_scheduler`, or null for a constant learning rate.", nullable=True),
+    Key("lr_scheduler_params", "optimization", {"gamma": 0.1, "milestones": [67, 82, 95, 107]}, PARAMS,
+        "Keyword arguments of the scheduler; `lr_lambda` may be a string \"lambda epoch: ...\".", nullable=True),
+    Key("loss_function", "optimization", "LabelSmoothingCrossEntropy", STR,
+        "LabelSmoothingCrossEntropy or a loss class name of `torch.nn`."),
+    Key("loss_params", "optimization", None, PARAMS, "Keyword arguments of the loss.", nullable=True),
+    # Run and hardware
+    Key("run_name", "run", None, STR,
+        "Run folder name; null = `<architecture>_<YYYYmmddHHMMSS>`, made unique if taken.", nullable=True),
+    Key("seed", "run", 42, NON_NEG_INT, "Seed of every random generator (null = not seeded).", nullable=True),
+    Key("deterministic", "run", False, BOOL, "Use deterministic algorithms only (slower; identical reruns)."),
+    Key("accelerator", "hardware", "auto", STR, "Lightning accelerator: auto, cpu, gpu, cuda, mps.",
+        choices=("auto", "cpu", "gpu", "cuda", "mps")),
+    Key("devices", "hardware", "auto", DEVICES, "Lightning devices: 'auto', a count, or a list of indices."),
+    Key("num_nodes", "hardware", 1, POS_INT, "Number of machines (multi-node DDP)."),
+    Key("strategy", "hardware", "auto", STR, "Lightning strategy: auto, ddp, ddp_spawn, ..."),
+    Key("sync_batchnorm", "hardware", False, BOOL, "Synchronise BatchNorm statistics across DDP processes."),
+    Key("precision", "hardware", "32-true", PRECISION, "Lightning precision, e.g. 32-true or bf16-mixed."),
+    Key("channels_last", "hardware", False, BOOL, "Use the channels_last memory format (faster convs on GPUs)."),
+    Key("compile", "hardware", False, BOOL, "Compile the network with torch.compile."),
+    # Data loading
+    Key("num_workers", "data_loading", None, NON_NEG_INT,
+        "DataLoader worker processes; null = one per available CPU core (at most 8).", nullable=True),
+    Key("pin_memory", "data_loading", True, BOOL, "Pin host memory of batches (faster copies to a GPU)."),
+    Key("persistent_workers", "data_loading", True, BOOL, "Keep DataLoader workers alive between epochs."),
+    Key("prefetch_factor", "data_loading", 2, POS_INT, "Batches loaded in advance by each worker."),
+    Key("cache_images", "data_loading", True, BOOL,
+        "Cache the decoded, resized uint8 images once, so each epoch only runs the random augmentations."),
+    Key("gpu_augmentations", "data_loading", False, BOOL,
+        "Run the augmentations on the training device, with per-sample random parameters."),
+    Key("skip_corrupt_images", "data_loading", False, BOOL,
+        "Skip images that do not decode (with a warning, counted in summary.json) instead of failing."),
+)
+
+KEYS: dict[str, Key] = {key.name: key for key in SCHEMA}
+SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(key.section for key in SCHEMA))
+
+
+def defaults() -> dict[str, Any]:
+    """A fresh config holding every key's default."""
+    return {key.name: copy.deepcopy(key.default) for key in SCHEMA}
+
+
+def _suggest(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def unknown_name_message(kind: str, name: str, valid: list[str], where: str = "") -> str:
+    """'<kind> 'X' is not <where> (did you mean ...?); valid: ...' — shared by every name lookup."""
+    where = where or "known"
+    return f"{kind} {name!r} is not {where}{_suggest(name, valid)}; valid names: {', '.join(sorted(valid))}"
+
+
+def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Check every key against the schema; return a complete config (missing keys take defaults)."""
+    for name in config:
+        if name not in KEYS:
+            raise ConfigError(f"unknown key {name!r} in {source}{_suggest(name, list(KEYS))}")
+    resolved = defaults()
+    resolved.update(config)
+    for key in SCHEMA:
+        value = resolved[key.name]
+        if not key.accepts(value):
+            raise ConfigError(f"{key.name} in {source} is {value!r}; expected {key.expected()}")
+    for name in ("normalization_params_rgb", "normalization_params_grayscale"):
+        params = resolved[name]
+        channels = 1 if name.endswith("grayscale") else 3
+        if len(params["mean"]) != channels or len(params["std"]) != channels:
+            raise ConfigError(
+                f"{name} in {source} needs {channels} mean and {channels} std values, "
+                f"got {len(params['mean'])} and {len(params['std'])}"
+            )
+    return resolved
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split 'a.b=VALUE' into (['a', 'b'], value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r} is not KEY=VALUE")
+    dotted, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {dotted}: value {raw!r} is not valid YAML ({error.problem})") from None
+    return dotted.strip().split("."), value
+
+
+def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `KEY=VALUE` / `a.b.c=VALUE` overrides to a copy of `config`."""
+    config = copy.deepcopy(config)
+    for text in overrides:
+        path, value = parse_override(text)
+        top = path[0]
+        if top not in KEYS:
+            raise ConfigError(f"unknown key {top!r} in --set{_suggest(top, list(KEYS))}")
+        if len(path) == 1:
+            config[top] = value
+            continue
+        node = config.setdefault(top, copy.deepcopy(KEYS[top].default))
+        if node is None:
+            node = config[top] = {}
+        for part in path[1:-1]:
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {'.'.join(path)}: {top} does not hold nested values")
+            node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: {top} does not hold nested values")
+        node[path[-1]] = value
+    return config
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping with `yaml.safe_load`; errors name the file and the line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "syntax error"
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys to values, not {type(data).__name__}")
+    return data
+
+
+def resolve_config_path(path: str | None) -> Path:
+    """The config file to read: `path`, else `config.yml`, else `config_template.yml` (said in the log)."""
+    if path is not None:
+        candidate = Path(path)
+        if not candidate.is_file():
+            raise ConfigError(f"config file {path!r} does not exist")
+        return candidate
+    for folder in (Path.cwd(), PROJECT_ROOT):
+        if (folder / DEFAULT_CONFIG).is_file():
+            return folder / DEFAULT_CONFIG
+    for folder in (Path.cwd(), PROJECT_ROOT):
+        if (folder / TEMPLATE_CONFIG).is_file():
+            log.warning("%s not found: reading %s (copy it to %s to make your own settings)",
+                        DEFAULT_CONFIG, folder / TEMPLATE_CONFIG, DEFAULT_CONFIG)
+            return folder / TEMPLATE_CONFIG
+    raise ConfigError(f"neither {DEFAULT_CONFIG} nor {TEMPLATE_CONFIG} found")
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read, override and validate a config; `path=None` means config.yml or the template."""
+    config_path = resolve_config_path(path)
+    raw = read_yaml(config_path)
+    merged = apply_overrides(raw, overrides or [])
+    source = str(config_path) + (" with --set overrides" if overrides else "")
+    return validate(merged, source)
+
+
+def is_placeholder(value: Any) -> bool:
+    """True for template placeholders such as '<path to the folder ...>'."""
+    return isinstance(value, str) and value.strip().startswith("<") and value.strip().endswith(">")
+
+
+def masked(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy with secret values replaced by '***' (for files, trackers and the console)."""
+    out = copy.deepcopy(config)
+    for key in SCHEMA:
+        if key.secret and key.name in out and not is_placeholder(out[key.name]):
+            out[key.name] = SECRET_MASK
+    return out
+
+
+def dump_yaml(config: dict[str, Any]) -> str:
+    """The config as YAML in schema order, secrets masked."""
+    ordered = {key.name: masked(config)[key.name] for key in SCHEMA if key.name in config}
+    return yaml.safe_dump(ordered, sort_keys=False, default_flow_style=None, allow_unicode=True)
+
+
+def reference_markdown() -> str:
+    """The configuration reference (documentation/configuration.md), generated from the schema."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from the schema in `utils/configuration.py` by `python -m utils.configuration --markdown`;",
+        "a test fails when this file and the schema disagree. Defaults are the values of the thesis's best run",
+        "(C-50); `config_template.yml` holds the same values with comments. Override any key on the command line",
+        "with `python train.py --set KEY=VALUE` (dotted keys reach nested values: `--set optimizer_params.lr=0.01`).",
+        "",
+    ]
+    for section in SECTIONS:
+        lines += [f"## {section.replace('_', ' ').capitalize()}", "", "| key | type | default | meaning |",
+                  "| --- | --- | --- | --- |"]
+        for key in SCHEMA:
+            if key.section == section:
+                default = yaml.safe_dump(key.default, default_flow_style=True, width=10**6).strip()
+                default = default.removesuffix("\n...").removesuffix("...").strip()
+                lines.append(f"| `{key.name}` | {key.expected()} | `{default}` | {key.help} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--markdown", action="store_true", help="print the configuration reference as markdown")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(reference_markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    from utils.cli import run_main
+
+    run_main(main)
