@@ -1,0 +1,111 @@
+"""LightningDataModule over the prepared Stanford Cars folders (validation uses the test split, as in the thesis)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from datasets import image_cache
+from datasets.stanford_data import BBOX_COLUMNS, StanfordCarsDataset, check_folder_matches, read_labels
+from datasets.transforms import PrefixSettings, build_v2_pipeline
+
+log = logging.getLogger("cars")
+
+
+def default_num_workers() -> int:
+    """One DataLoader worker per CPU core this process may use, at most 8."""
+    return min(len(os.sched_getaffinity(0)), 8)
+
+
+class StanfordCarsDataModule(pl.LightningDataModule):
+    """Train and validation loaders for one config.
+
+    The labels are read at construction, so `num_classes`, `class_names` and `img_channels` are known before the
+    model is built; images and the cache are touched in `setup`, which every DDP rank calls.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.config = config
+        self.data_path = Path(config["stanford_data_path"])
+        self.labels = {split: read_labels(self.data_path, split) for split in ("train", "test")}
+        for split, labels in self.labels.items():
+            check_folder_matches(labels, self.data_path / split)
+        self.num_workers = config["num_workers"] if config["num_workers"] is not None else default_num_workers()
+        size = tuple(config["image_size"])
+        self.prefix = {
+            "train": PrefixSettings(size, config["convert_to_grayscale"], config["crop_to_bboxes"],
+                                    config["crop_to_bboxes"] and config["erase_background"]),
+            "test": PrefixSettings(size, config["convert_to_grayscale"], False, False),
+        }
+        on_cpu_workers = not config["gpu_augmentations"]
+        self.image_augment = (build_v2_pipeline(config["image_augmentations"], "image_augmentations")
+                              if config["augment_images"] and on_cpu_workers else None)
+        self.tensor_augment = (build_v2_pipeline(config["tensor_augmentations"], "tensor_augmentations")
+                               if config["augment_tensors"] and on_cpu_workers else None)
+        self.datasets: dict[str, StanfordCarsDataset] = {}
+
+    @property
+    def num_classes(self) -> int:
+        """Classes are the raw 1-based ids, so the model needs as many outputs as the largest id."""
+        return int(max(labels["class"].max() for labels in self.labels.values()))
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names indexed by 0-based label (unknown ids get a placeholder)."""
+        both = pd.concat(self.labels.values())
+        names = dict(zip(both["class"], both["class_name"]))
+        return [str(names.get(i, f"class {i}")) for i in range(1, self.num_classes + 1)]
+
+    @property
+    def img_channels(self) -> int:
+        return 1 if self.config["convert_to_grayscale"] else 3
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        for split in ("train", "test"):
+            labels = self.labels[split]
+            cache = None
+            if self.config["cache_images"]:
+                cache_dir = Path(self.config["cache_dir"] or self.data_path / ".cache")
+                bboxes = [tuple(int(v) for v in row) for row in labels[BBOX_COLUMNS].to_numpy()]
+                cache = image_cache.open_or_build(
+                    cache_dir, split, self.data_path / split, list(labels["image_fname"]), bboxes,
+                    self.prefix[split], max(self.num_workers, 1), self.config["skip_corrupt_images"])
+            train = split == "train"
+            self.datasets[split] = StanfordCarsDataset(
+                self.data_path, split, self.prefix[split],
+                image_augment=self.image_augment if train else None,
+                tensor_augment=self.tensor_augment if train else None,
+                cache=cache, labels=labels)
+
+    @property
+    def skipped_images(self) -> int:
+        """Images left out because they do not decode (skip_corrupt_images)."""
+        return sum(dataset.skipped for dataset in self.datasets.values())
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        workers = self.num_workers
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.config["batch_size"],
+            shuffle=shuffle,
+            num_workers=workers,
+            pin_memory=self.config["pin_memory"] and self.trainer is not None
+            and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator",
+            persistent_workers=self.config["persistent_workers"] and workers > 0,
+            prefetch_factor=self.config["prefetch_factor"] if workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

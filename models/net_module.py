@@ -1,0 +1,133 @@
+"""The LightningModule: a network from `models/arch_dict.py`, its loss, optimizer, scheduler and epoch metrics.
+
+Batches arrive as uint8 (or float when tensor augmentations ran in the workers); conversion to float, the optional
+on-device augmentations and Normalize run here, on the training device, in `on_after_batch_transfer`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from models.arch_dict import build_architecture
+from models.training_parts import build_loss, build_optimizer, build_scheduler
+
+
+class NetModule(pl.LightningModule):
+    """Trains one architecture; logs `train_loss, train_acc, valid_loss, valid_acc, lr` once per epoch.
+
+    Args:
+        architecture: a name of `models/arch_dict.py`.
+        num_classes: number of network outputs.
+        img_channels: 1 (grayscale) or 3.
+        dropout, output_channels: GhostNet's head (ignored by other architectures).
+        loss_function, loss_params: LabelSmoothingCrossEntropy or a torch.nn loss, with its keyword arguments.
+        optimizer, optimizer_params: a torch.optim class name and its keyword arguments.
+        lr_scheduler, lr_scheduler_params: a torch.optim.lr_scheduler class name (or None) and its arguments.
+        normalization: {"mean": [...], "std": [...]} applied on the device, or None.
+        device_augmentations: {"image": {...}, "tensor": {...}} run per sample on the device in training, or None.
+        image_size, class_names: stored in the checkpoint so that it alone is enough to predict.
+        channels_last, compile: device speed options.
+    """
+
+    def __init__(self, architecture: str, num_classes: int, img_channels: int = 3, dropout: float = 0.2,
+                 output_channels: int = 320, loss_function: str = "LabelSmoothingCrossEntropy",
+                 loss_params: dict | None = None, optimizer: str = "AdamW", optimizer_params: dict | None = None,
+                 lr_scheduler: str | None = None, lr_scheduler_params: dict | None = None,
+                 normalization: dict | None = None, device_augmentations: dict | None = None,
+                 image_size: tuple[int, int] = (227, 227), class_names: list[str] | None = None,
+                 channels_last: bool = False, compile: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = build_architecture(architecture, num_classes=num_classes, img_channels=img_channels,
+                                      dropout=dropout, output_channels=output_channels)
+        self.loss = build_loss(loss_function, loss_params)
+        if normalization is not None:
+            self.register_buffer("mean", torch.tensor(normalization["mean"]).view(1, -1, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(normalization["std"]).view(1, -1, 1, 1), persistent=False)
+        self.augment = None
+        if device_augmentations is not None:
+            from datasets.device_augment import DeviceAugmenter
+
+            self.augment = DeviceAugmenter(device_augmentations.get("image"), device_augmentations.get("tensor"))
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        # Kept outside the module tree so that checkpoints hold the plain network's weights.
+        self._forward_net = torch.compile(self.net) if compile else self.net
+        self.metrics = torch.nn.ModuleDict({
+            f"{stage}_{name}": metric
+            for stage in ("train", "valid")
+            for name, metric in (("loss", MeanMetric()), ("acc", MulticlassAccuracy(num_classes, average="micro")))
+        })
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self._forward_net(images)
+
+    def preprocess(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        """uint8 or [0, 1] float batch -> augmented (optional) and normalized float batch."""
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255)
+        if train and self.augment is not None:
+            images = self.augment(images)
+        if self.hparams.normalization is not None:
+            images = (images - self.mean) / self.std
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, targets = batch
+        return self.preprocess(images, train=self.trainer.training), targets
+
+    def _step(self, batch: Any, stage: str) -> torch.Tensor:
+        images, targets = batch
+        logits = self(images)
+        loss = self.loss(logits, targets)
+        self.metrics[f"{stage}_loss"].update(loss.detach(), weight=targets.numel())
+        self.metrics[f"{stage}_acc"].update(logits.detach(), targets)
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "valid")
+
+    def on_train_epoch_start(self) -> None:
+        # The learning rate used during this epoch (after the previous epoch's scheduler step), as in 2020's logs.
+        self._epoch_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self.log("lr", self._epoch_lr, on_step=False, on_epoch=True, rank_zero_only=True)
+
+    def on_validation_epoch_end(self) -> None:
+        """Close the epoch: validation runs after the epoch's last training batch, so both stages are complete.
+
+        The values are also kept in `epoch_record` for the metrics.csv writer, which must not depend on the order
+        in which Lightning calls the epoch-end hooks of callbacks and of the module.
+        """
+        fitting = self.trainer.state.fn == "fit" and not self.trainer.sanity_checking
+        record: dict[str, float] = {"epoch": self.current_epoch}
+        for stage in ("train", "valid") if fitting else ("valid",):
+            for name in ("loss", "acc"):
+                metric = self.metrics[f"{stage}_{name}"]
+                # compute() syncs across DDP ranks: the value covers the whole split, not one rank's share.
+                value = metric.compute()
+                metric.reset()
+                record[f"{stage}_{name}"] = float(value)
+                if not self.trainer.sanity_checking:
+                    self.log(f"{stage}_{name}", value, prog_bar=True)
+        if fitting:
+            record["lr"] = float(self._epoch_lr)
+            self.epoch_record = record
+
+    def configure_optimizers(self) -> Any:
+        optimizer = build_optimizer(self.hparams.optimizer, self.hparams.optimizer_params or {}, self.parameters())
+        scheduler = build_scheduler(self.hparams.lr_scheduler, self.hparams.lr_scheduler_params, optimizer)
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -1,0 +1,113 @@
+"""Loss, optimizer and scheduler looked up by the names the config gives them."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from models.label_smoothing_ce import LabelSmoothingCrossEntropy
+from utils.configuration import unknown_name_message
+from utils.errors import ConfigError
+
+CUSTOM_LOSSES = {"LabelSmoothingCrossEntropy": LabelSmoothingCrossEntropy}
+
+
+def _classes(module: Any, base: type) -> dict[str, type]:
+    return {name: obj for name, obj in vars(module).items()
+            if inspect.isclass(obj) and issubclass(obj, base) and obj is not base and not name.startswith("_")}
+
+
+def loss_classes() -> dict[str, type]:
+    return {**_classes(torch.nn, torch.nn.modules.loss._Loss), **CUSTOM_LOSSES}
+
+
+def optimizer_classes() -> dict[str, type]:
+    return _classes(torch.optim, torch.optim.Optimizer)
+
+
+def scheduler_classes() -> dict[str, type]:
+    classes = _classes(torch.optim.lr_scheduler, torch.optim.lr_scheduler.LRScheduler)
+    classes["ReduceLROnPlateau"] = torch.optim.lr_scheduler.ReduceLROnPlateau
+    for helper in ("LRScheduler", "SequentialLR", "ChainedScheduler"):
+        classes.pop(helper, None)  # these wrap other schedulers and cannot be built from plain parameters
+    return classes
+
+
+def _lookup(kind: str, name: str, classes: dict[str, type], where: str) -> type:
+    if name not in classes:
+        raise ConfigError(unknown_name_message(kind, name, list(classes), where))
+    return classes[name]
+
+
+def check_names(config: dict[str, Any]) -> None:
+    """Fail early, before any data is read, on an unknown architecture, loss, optimizer or scheduler name, or an
+    image size the architecture cannot take."""
+    from models.arch_dict import get_architectures_dictionary, min_image_size
+
+    architectures = list(get_architectures_dictionary())
+    _lookup("architecture", config["architecture"], dict.fromkeys(architectures), "in models/arch_dict.py")
+    minimum = min_image_size(config["architecture"])
+    if min(config["image_size"]) < minimum:
+        raise ConfigError(f"image_size {config['image_size']} is too small for architecture "
+                          f"{config['architecture']!r}: it needs at least [{minimum}, {minimum}]")
+    _lookup("loss_function", config["loss_function"], loss_classes(), "a torch.nn loss or LabelSmoothingCrossEntropy")
+    _lookup("optimizer", config["optimizer"], optimizer_classes(), "in torch.optim")
+    if config["lr_scheduler"] is not None:
+        _lookup("lr_scheduler", config["lr_scheduler"], scheduler_classes(), "in torch.optim.lr_scheduler")
+
+
+def build_loss(name: str, params: dict[str, Any] | None) -> torch.nn.Module:
+    cls = _lookup("loss_function", name, loss_classes(), "a torch.nn loss or LabelSmoothingCrossEntropy")
+    try:
+        return cls(**(params or {}))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"loss_params for {name}: {error}") from None
+
+
+def build_optimizer(name: str, params: dict[str, Any], parameters: Any) -> torch.optim.Optimizer:
+    cls = _lookup("optimizer", name, optimizer_classes(), "in torch.optim")
+    try:
+        return cls(parameters, **params)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"optimizer_params for {name}: {error}") from None
+
+
+def _compile_lambda(text: str, key: str) -> Any:
+    """'lambda epoch: 0.95 ** epoch' -> a function; evaluated without builtins, so it can only do arithmetic."""
+    if not text.strip().startswith("lambda"):
+        raise ConfigError(f"lr_scheduler_params.{key} must be a string 'lambda epoch: ...', got {text!r}")
+    try:
+        return eval(text, {"__builtins__": {}}, {})  # noqa: S307 - no builtins: a pure expression of `epoch`
+    except SyntaxError as error:
+        raise ConfigError(f"lr_scheduler_params.{key} {text!r} is not a valid lambda ({error.msg})") from None
+
+
+def build_scheduler(name: str | None, params: dict[str, Any] | None,
+                    optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+    """The scheduler as Lightning's scheduler config (stepped once per epoch), or None."""
+    if name is None:
+        return None
+    cls = _lookup("lr_scheduler", name, scheduler_classes(), "in torch.optim.lr_scheduler")
+    params = dict(params or {})
+    for key in ("lr_lambda",):
+        if isinstance(params.get(key), str):
+            params[key] = _compile_lambda(params[key], key)
+    try:
+        scheduler = cls(optimizer, **params)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"lr_scheduler_params for {name}: {error}") from None
+    config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch", "frequency": 1}
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        config["monitor"] = "valid_loss"
+    return config
+
+
+def early_stopping_patience(config: dict[str, Any]) -> int:
+    """The configured patience, or the thesis's rule: 15 epochs, or 3x ReduceLROnPlateau's patience."""
+    if config["early_stopping_patience"] is not None:
+        return config["early_stopping_patience"]
+    if config["lr_scheduler"] == "ReduceLROnPlateau":
+        return 3 * int((config["lr_scheduler_params"] or {}).get("patience", 10))
+    return 15

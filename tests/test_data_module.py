@@ -1,0 +1,150 @@
+"""The Dataset, DataModule and image cache: exact cache, uint8 batches, bbox lookup by name, data errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from datasets.stanford_data_module import StanfordCarsDataModule
+from datasets.transforms import PrefixSettings, apply_prefix
+from utils.configuration import validate
+from utils.errors import DataError
+
+
+def config_for(data: Path, **overrides) -> dict:
+    return validate({"stanford_data_path": str(data), "image_size": [40, 48], "num_workers": 0,
+                     "augment_images": False, "batch_size": 4, **overrides})
+
+
+def all_items(module: StanfordCarsDataModule, split: str) -> list[tuple[torch.Tensor, int]]:
+    module.setup("fit")
+    dataset = module.datasets[split]
+    return [dataset[i] for i in range(len(dataset))]
+
+
+@pytest.mark.parametrize("settings", [
+    {},
+    {"convert_to_grayscale": True},
+    {"crop_to_bboxes": True},
+    {"crop_to_bboxes": True, "erase_background": True},
+])
+def test_cached_items_equal_uncached_items_bit_for_bit(prepared: Path, settings: dict) -> None:
+    cached = all_items(StanfordCarsDataModule(config_for(prepared, cache_images=True, **settings)), "train")
+    uncached = all_items(StanfordCarsDataModule(config_for(prepared, cache_images=False, **settings)), "train")
+    assert len(cached) == len(uncached) == 12
+    for (a, label_a), (b, label_b) in zip(cached, uncached):
+        assert a.dtype == torch.uint8 and a.shape == b.shape
+        assert torch.equal(a, b) and label_a == label_b
+    channels = 1 if settings.get("convert_to_grayscale") else 3
+    assert cached[0][0].shape == (channels, 40, 48)
+
+
+def test_uncached_item_is_the_thesis_chain_resize_then_to_tensor(prepared: Path) -> None:
+    module = StanfordCarsDataModule(config_for(prepared, cache_images=False))
+    image, label = all_items(module, "test")[0]
+    labels = pd.read_csv(prepared / "test_labels.csv")
+    with Image.open(prepared / "test" / labels["image_fname"][0]) as raw:
+        expected = T.Compose([T.Resize([40, 48]), T.PILToTensor()])(raw.convert("RGB"))
+    assert torch.equal(image, expected)
+    assert label == labels["class"][0] - 1
+
+
+def test_uint8_batch_normalized_on_device_matches_to_tensor_then_normalize(prepared: Path) -> None:
+    from models.net_module import NetModule
+
+    config = config_for(prepared)
+    norm = config["normalization_params_rgb"]
+    model = NetModule("ghost", num_classes=3, normalization=norm)
+    batch = torch.stack([item[0] for item in all_items(StanfordCarsDataModule(config), "test")])
+    on_device = model.preprocess(batch, train=False)
+    thesis = T.Compose([T.ToPILImage(), T.ToTensor(), T.Normalize(norm["mean"], norm["std"])])
+    expected = torch.stack([thesis(image) for image in batch])
+    assert on_device.dtype == torch.float32
+    torch.testing.assert_close(on_device, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_bbox_crop_looks_up_the_box_by_file_name_not_row_position(prepared: Path) -> None:
+    labels = pd.read_csv(prepared / "train_labels.csv")
+    labels.iloc[::-1].to_csv(prepared / "train_labels.csv", index=False)  # rows no longer in listing order
+    module = StanfordCarsDataModule(config_for(prepared, crop_to_bboxes=True, cache_images=False))
+    module.setup("fit")
+    dataset = module.datasets["train"]
+    settings = PrefixSettings((40, 48), False, True, False)
+    for index in range(len(dataset)):
+        row = labels[labels["image_fname"] == dataset.fnames[dataset.rows[index]]].iloc[0]
+        with Image.open(prepared / "train" / row["image_fname"]) as raw:
+            box = (row["bbox_x1"], row["bbox_y1"], row["bbox_x2"], row["bbox_y2"])
+            expected = np.asarray(apply_prefix(raw, settings, box))
+        assert np.array_equal(dataset[index][0].permute(1, 2, 0).numpy(), expected)
+
+
+def test_cache_is_reused_and_rebuilt_when_an_input_changes(prepared: Path) -> None:
+    cache_dir = prepared / ".cache"
+    StanfordCarsDataModule(config_for(prepared)).setup("fit")
+    first = sorted(p.name for p in cache_dir.glob("train-*.npy"))
+    StanfordCarsDataModule(config_for(prepared)).setup("fit")
+    assert sorted(p.name for p in cache_dir.glob("train-*.npy")) == first
+    StanfordCarsDataModule(config_for(prepared, image_size=[32, 32])).setup("fit")
+    assert len(list(cache_dir.glob("train-*.npy"))) == 2
+    # Replacing an image's content gives a new cache whose pixels show the new content.
+    target = prepared / "train" / "00001.jpg"
+    Image.new("RGB", (90, 80), (255, 0, 0)).save(target)
+    module = StanfordCarsDataModule(config_for(prepared))
+    first_item = all_items(module, "train")[0][0]
+    assert len(list(cache_dir.glob("train-*.npy"))) == 3
+    assert first_item[0].float().mean() > 240 and first_item[1].float().mean() < 15
+
+
+def test_labels_and_folder_out_of_step_lists_examples(prepared: Path) -> None:
+    (prepared / "train" / "00002.jpg").unlink()
+    Image.new("RGB", (80, 80)).save(prepared / "train" / "extra.jpg")
+    with pytest.raises(DataError, match=r"00002\.jpg.*extra\.jpg"):
+        StanfordCarsDataModule(config_for(prepared))
+
+
+def test_missing_labels_csv_names_the_file(prepared: Path) -> None:
+    (prepared / "test_labels.csv").unlink()
+    with pytest.raises(DataError, match="test_labels.csv not found"):
+        StanfordCarsDataModule(config_for(prepared))
+
+
+@pytest.mark.parametrize("cache_images", [True, False])
+def test_corrupt_image_error_names_the_file(prepared: Path, cache_images: bool) -> None:
+    (prepared / "train" / "00003.jpg").write_bytes(b"not a jpeg")
+    module = StanfordCarsDataModule(config_for(prepared, cache_images=cache_images))
+    with pytest.raises(DataError, match=r"00003\.jpg"):
+        all_items(module, "train")
+
+
+def test_skip_corrupt_images_skips_and_counts(prepared: Path) -> None:
+    (prepared / "train" / "00003.jpg").write_bytes(b"not a jpeg")
+    module = StanfordCarsDataModule(config_for(prepared, skip_corrupt_images=True))
+    items = all_items(module, "train")
+    assert len(items) == 11 and module.skipped_images == 1
+
+
+def test_classes_and_names_come_from_the_data(prepared: Path) -> None:
+    module = StanfordCarsDataModule(config_for(prepared))
+    assert module.num_classes == 3
+    assert module.class_names == ["Car 1", "Car 2", "Car 3"]
+
+
+def test_train_loader_yields_uint8_batches_with_augmentations(prepared: Path) -> None:
+    module = StanfordCarsDataModule(config_for(prepared, augment_images=True))
+    module.setup("fit")
+    images, labels = next(iter(module.train_dataloader()))
+    assert images.dtype == torch.uint8 and images.shape == (4, 3, 40, 48)
+    assert labels.dtype == torch.long and labels.min() >= 0 and labels.max() <= 2
+
+
+def test_tensor_augmentations_yield_float_batches(prepared: Path) -> None:
+    module = StanfordCarsDataModule(config_for(prepared, augment_tensors=True))
+    module.setup("fit")
+    images, _ = next(iter(module.train_dataloader()))
+    assert images.dtype == torch.float32 and 0 <= images.min() and images.max() <= 1

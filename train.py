@@ -1,0 +1,122 @@
+"""Train a network on the prepared Stanford Cars data, as one YAML config describes.
+
+    python train.py [--config PATH] [-d DATA_PATH] [--set KEY=VALUE ...] [--print-config] [--demo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from utils.cli import run_main
+from utils.configuration import dump_yaml, load_config
+from utils.logging_setup import setup_logging
+
+log = logging.getLogger("cars")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Train a car-model classifier from one YAML config.")
+    parser.add_argument("--config", default=None,
+                        help="config file (default: config.yml, else config_template.yml)")
+    parser.add_argument("-d", "--data-path", default=None,
+                        help="prepared data folder; overrides stanford_data_path (default: from the config)")
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config keys; values are YAML, dotted keys reach nested values "
+                             "(e.g. --set num_epochs=5 optimizer_params.lr=0.01); repeatable")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--demo", action="store_true",
+                        help="generate a small synthetic dataset under demo/, prepare it and train on it (CPU)")
+    return parser.parse_args(argv)
+
+
+def train(config: dict[str, Any]) -> Path:
+    """Run one training as `config` describes; returns the run folder."""
+    # Heavy imports here, so that --help, --print-config and config errors answer at once.
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+
+    from datasets.stanford_data_module import StanfordCarsDataModule
+    from models.net_module import NetModule
+    from models.training_parts import check_names, early_stopping_patience
+    from utils.plots import write_plots
+    from utils.run_outputs import MetricsCsvWriter, create_run_dir, write_run_config, write_summary
+
+    check_names(config)
+    if config["seed"] is not None:
+        pl.seed_everything(config["seed"], workers=True, verbose=False)
+    data = StanfordCarsDataModule(config)
+    grayscale = config["convert_to_grayscale"]
+    device_augmentations = None
+    if config["gpu_augmentations"]:
+        device_augmentations = {"image": config["image_augmentations"] if config["augment_images"] else None,
+                                "tensor": config["tensor_augmentations"] if config["augment_tensors"] else None}
+    model = NetModule(
+        architecture=config["architecture"], num_classes=data.num_classes, img_channels=data.img_channels,
+        dropout=config["dropout"], output_channels=config["output_channels"],
+        loss_function=config["loss_function"], loss_params=config["loss_params"],
+        optimizer=config["optimizer"], optimizer_params=config["optimizer_params"],
+        lr_scheduler=config["lr_scheduler"], lr_scheduler_params=config["lr_scheduler_params"],
+        normalization=(config["normalization_params_grayscale" if grayscale else "normalization_params_rgb"]
+                       if config["normalize"] else None),
+        device_augmentations=device_augmentations, image_size=tuple(config["image_size"]),
+        class_names=data.class_names, channels_last=config["channels_last"], compile=config["compile"],
+    )
+    run_dir = create_run_dir(Path(config["output_path"]), config["run_name"], config["architecture"])
+    write_run_config(run_dir, config)
+    log.info("run %s: %s, %d classes, %s parameters", run_dir.name, config["architecture"], data.num_classes,
+             f"{model.num_params:,}")
+
+    early_stopping = EarlyStopping(monitor="valid_loss", mode="min", patience=early_stopping_patience(config))
+    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="valid_loss",
+                                  mode="min", save_top_k=1, save_last=True, enable_version_counter=False)
+    trainer = pl.Trainer(
+        max_epochs=config["num_epochs"], accelerator=config["accelerator"], devices=config["devices"],
+        num_nodes=config["num_nodes"], strategy=config["strategy"], precision=config["precision"],
+        sync_batchnorm=config["sync_batchnorm"], deterministic=config["deterministic"],
+        callbacks=[early_stopping, checkpoints, MetricsCsvWriter(run_dir / "metrics.csv")],
+        logger=False, default_root_dir=run_dir, num_sanity_val_steps=0, enable_model_summary=False,
+    )
+    started = time.monotonic()
+    try:
+        trainer.fit(model, datamodule=data)
+    finally:
+        if trainer.is_global_zero:
+            write_plots(run_dir / "metrics.csv", run_dir / "plots", title=run_dir.name)
+            write_summary(run_dir, {
+                "early_stopped": bool(early_stopping.stopped_epoch > 0),
+                "num_params": model.num_params,
+                "architecture": type(model.net).__name__,
+                "wall_time_s": round(time.monotonic() - started, 1),
+                "skipped_images": data.skipped_images,
+            })
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging("INFO")
+    overrides = list(args.overrides)
+    if args.demo:
+        from utils.demo import prepare_demo
+
+        overrides = prepare_demo(Path("demo")) + overrides
+    if args.data_path is not None:
+        overrides.append(f"stanford_data_path={args.data_path}")
+    config = load_config(args.config, overrides)
+    if args.print_config:
+        print(dump_yaml(config), end="")
+        return 0
+    setup_logging(config["loglevel"], config["logging_dir"])
+    run_dir = train(config)
+    if args.demo:
+        log.info("demo data: demo/raw (raw downloads, generated) -> demo/stanford (prepared)")
+    log.info("run folder: %s", run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,41 @@
+"""Console and daily log-file logging for the scripts."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+
+LOGGER_NAME = "cars"
+
+
+def setup_logging(level: str = "INFO", logging_dir: str | Path | None = None) -> Path | None:
+    """Log `cars` (and Lightning's) messages to the console and, when a folder is given, to `<dir>/<YYYYMMDD>.log`.
+
+    Returns the log file's path, or None. Calling it again replaces the handlers it installed before.
+    """
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.setLevel(level)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(console)
+    log_file = None
+    if logging_dir is not None:
+        folder = Path(logging_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        log_file = folder / f"{datetime.now():%Y%m%d}.log"
+        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        file_handler.set_name("cars-file")
+        logger.addHandler(file_handler)
+        for name in ("pytorch_lightning", "lightning_fabric"):
+            other = logging.getLogger(name)
+            for handler in [h for h in other.handlers if h.get_name() == "cars-file"]:
+                other.removeHandler(handler)
+            other.addHandler(file_handler)
+    return log_file

@@ -1,0 +1,120 @@
+"""The run folder: `<output_path>/<run_name>/` with config.yml, metrics.csv, checkpoints/, plots/ and summary.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+
+from utils.configuration import dump_yaml
+from utils.errors import ConfigError
+
+log = logging.getLogger("cars")
+
+METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr"]
+
+
+def default_run_name(architecture: str, now: datetime | None = None) -> str:
+    """`<architecture>_<YYYYmmddHHMMSS>`, the 2020 runs' naming."""
+    return f"{architecture}_{(now or datetime.now()):%Y%m%d%H%M%S}"
+
+
+def create_run_dir(output_path: Path, run_name: str | None, architecture: str) -> Path:
+    """Create a new, empty run folder. A generated name is made unique; a chosen name that exists is an error."""
+    output_path.mkdir(parents=True, exist_ok=True)
+    if run_name is not None:
+        run_dir = output_path / run_name
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            raise ConfigError(f"run folder {run_dir} already exists: choose another run_name, "
+                              f"or continue it with --resume auto") from None
+        return run_dir
+    base = default_run_name(architecture)
+    for suffix in ["", *(f"_{i}" for i in range(1, 1000))]:
+        run_dir = output_path / f"{base}{suffix}"
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise ConfigError(f"cannot find a free run folder name for {base} in {output_path}")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_run_config(run_dir: Path, config: dict[str, Any]) -> Path:
+    """The resolved config, secrets masked, as `config.yml`."""
+    path = run_dir / "config.yml"
+    write_text_atomic(path, dump_yaml(config))
+    return path
+
+
+class MetricsCsvWriter(Callback):
+    """Appends one row per finished epoch to metrics.csv (rank 0 only), flushed at once so a crash loses nothing.
+
+    On resume, rows of epochs at or after the resumed epoch are dropped first, so no epoch appears twice.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        if self.path.exists():
+            kept = pd.read_csv(self.path)
+            kept = kept[kept["epoch"] < trainer.current_epoch]
+            kept.to_csv(self.path.with_name(self.path.name + ".tmp"), index=False)
+            os.replace(self.path.with_name(self.path.name + ".tmp"), self.path)
+        else:
+            with self.path.open("w", newline="") as handle:
+                csv.writer(handle).writerow(METRIC_COLUMNS)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        record = getattr(pl_module, "epoch_record", None)
+        if trainer.sanity_checking or not trainer.is_global_zero or record is None:
+            return
+        if record["epoch"] != trainer.current_epoch:
+            return
+        with self.path.open("a", newline="") as handle:
+            csv.writer(handle).writerow([record["epoch"], *(f"{record[c]:.6g}" for c in METRIC_COLUMNS[1:])])
+
+
+def summarize(metrics_csv: Path, extras: dict[str, Any]) -> dict[str, Any]:
+    """Best values over the run's epochs plus `extras` (architecture, num_params, ...)."""
+    metrics = pd.read_csv(metrics_csv) if metrics_csv.is_file() else pd.DataFrame(columns=METRIC_COLUMNS)
+    summary: dict[str, Any] = {
+        "min_train_loss": None, "min_valid_loss": None, "max_train_acc": None, "max_valid_acc": None,
+        "best_epoch": None, "epochs_run": int(len(metrics)),
+    }
+    if len(metrics):
+        summary.update(
+            min_train_loss=float(metrics["train_loss"].min()),
+            min_valid_loss=float(metrics["valid_loss"].min()),
+            max_train_acc=float(metrics["train_acc"].max()),
+            max_valid_acc=float(metrics["valid_acc"].max()),
+            best_epoch=int(metrics.loc[metrics["valid_loss"].idxmin(), "epoch"]),
+        )
+    summary.update(extras)
+    return summary
+
+
+def write_summary(run_dir: Path, extras: dict[str, Any]) -> dict[str, Any]:
+    """Write `summary.json` from metrics.csv and `extras`; returns it."""
+    summary = summarize(run_dir / "metrics.csv", extras)
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
