@@ -44,6 +44,7 @@ def train(config: dict[str, Any]) -> Path:
     from models.training_parts import check_names, early_stopping_patience
     from utils.plots import write_plots
     from utils.run_outputs import MetricsCsvWriter, create_run_dir, write_run_config, write_summary
+    from utils.trackers import build_loggers, finalize_trackers
 
     check_names(config)
     if config["seed"] is not None:
@@ -70,6 +71,7 @@ def train(config: dict[str, Any]) -> Path:
     log.info("run %s: %s, %d classes, %s parameters", run_dir.name, config["architecture"], data.num_classes,
              f"{model.num_params:,}")
 
+    loggers = build_loggers(config, run_dir, model)
     early_stopping = EarlyStopping(monitor="valid_loss", mode="min", patience=early_stopping_patience(config))
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="valid_loss",
                                   mode="min", save_top_k=1, save_last=True, enable_version_counter=False)
@@ -78,21 +80,24 @@ def train(config: dict[str, Any]) -> Path:
         num_nodes=config["num_nodes"], strategy=config["strategy"], precision=config["precision"],
         sync_batchnorm=config["sync_batchnorm"], deterministic=config["deterministic"],
         callbacks=[early_stopping, checkpoints, MetricsCsvWriter(run_dir / "metrics.csv")],
-        logger=False, default_root_dir=run_dir, num_sanity_val_steps=0, enable_model_summary=False,
+        logger=loggers or False, default_root_dir=run_dir, num_sanity_val_steps=0, enable_model_summary=False,
     )
     started = time.monotonic()
+    status = "interrupted"
     try:
         trainer.fit(model, datamodule=data)
+        status = "early_stopped" if early_stopping.stopped_epoch > 0 else "finished"
     finally:
         if trainer.is_global_zero:
             write_plots(run_dir / "metrics.csv", run_dir / "plots", title=run_dir.name)
-            write_summary(run_dir, {
+            summary = write_summary(run_dir, {
                 "early_stopped": bool(early_stopping.stopped_epoch > 0),
                 "num_params": model.num_params,
                 "architecture": type(model.net).__name__,
                 "wall_time_s": round(time.monotonic() - started, 1),
                 "skipped_images": data.skipped_images,
             })
+            finalize_trackers(loggers, run_dir, summary, status)
     return run_dir
 
 
