@@ -323,3 +323,11 @@ def test_erasing_area_uniform_and_ratio_log_uniform_when_every_box_fits():
     p = draws("RandomErasing", {"p": 1.0, "scale": [0.01, 0.02]})
     assert_uniform(p["area_fraction"], 0.01, 0.02)
     assert_uniform(p["aspect_ratio"].log(), math.log(0.3), math.log(3.3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batch_stays_on_device_and_seeds_reproduce():
+    augmenter, batch = template_augmenter(), torch.rand(8, 3, 24, 32, device="cuda").bfloat16()
+    first = augmenter(batch, torch.Generator(device="cuda").manual_seed(3))
+    assert first.device == batch.device and first.dtype == torch.bfloat16
+    assert torch.equal(first, augmenter(batch, torch.Generator(device="cuda").manual_seed(3)))
