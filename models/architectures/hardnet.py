@@ -28,7 +28,9 @@ class HarDNetSpec:
 
 
 SPECS: dict[int, HarDNetSpec] = {
-    39: HarDNetSpec((24, 48), 1.6, ((16, 4, 96, True), (20, 16, 320, True), (64, 8, 640, True), (160, 4, 1024, False)), 0.05),
+    39: HarDNetSpec(
+        (24, 48), 1.6, ((16, 4, 96, True), (20, 16, 320, True), (64, 8, 640, True), (160, 4, 1024, False)), 0.05
+    ),
     68: HarDNetSpec(
         (32, 64),
         1.7,
