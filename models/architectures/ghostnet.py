@@ -123,7 +123,7 @@ class GhostBottleneck(nn.Module):
 
 
 class GhostNet(nn.Module):
-    """GhostNet backbone with the thesis's head; any input channel count and any input of at least 32 px.
+    """GhostNet backbone with the thesis's head; any input channel count, any input size (the pooling is global).
 
     Args:
         num_classes: size of the final linear layer's output.
