@@ -7,8 +7,8 @@ HarDNet and GhostNet are written in `models/architectures/`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import torchvision.models as tvm
 from torch import nn
