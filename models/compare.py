@@ -4,7 +4,8 @@
 
 MACs are counted with `torch.utils.flop_counter.FlopCounterMode` (convolutions and matrix products; one MAC is two
 FLOPs), so pooling, normalisation and activations are left out, as in the papers' figures. Latency is the median
-of several batch-1 forward passes on this machine's CPU after five warm-up passes (oneDNN tunes on the first ones), under `torch.inference_mode`.
+of several batch-1 forward passes on this machine's CPU under `torch.inference_mode`, after five untimed passes
+(the first few are slow while oneDNN prepares its kernels).
 """
 
 from __future__ import annotations
