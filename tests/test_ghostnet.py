@@ -79,4 +79,6 @@ def test_bottleneck_has_identity_shortcut_only_when_shape_is_kept():
 
 
 def test_width_multiplier_scales_the_backbone():
-    assert count(GhostNet(width_mult=0.5).features) < count(GhostNet().features) < count(GhostNet(width_mult=1.3).features)
+    assert (
+        count(GhostNet(width_mult=0.5).features) < count(GhostNet().features) < count(GhostNet(width_mult=1.3).features)
+    )
