@@ -79,9 +79,12 @@ def train(config: dict[str, Any], resume: str | None = None) -> Path:
 
     loggers = build_loggers(config, run_dir, model)
     early_stopping = EarlyStopping(monitor="valid_loss", mode="min", patience=early_stopping_patience(config))
-    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="valid_loss",
-                                  mode="min", save_top_k=1, save_last=True, enable_version_counter=False)
-    callbacks = [early_stopping, checkpoints, MetricsCsvWriter(run_dir / "metrics.csv"), RngStateCheckpoint()]
+    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="valid_loss", mode="min",
+                           save_top_k=1, enable_version_counter=False)
+    # Lightning's save_last only refreshes last.ckpt when the best one changes; resuming needs every epoch's.
+    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
+                           enable_version_counter=False)
+    callbacks = [early_stopping, best, last, MetricsCsvWriter(run_dir / "metrics.csv"), RngStateCheckpoint()]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     trainer = pl.Trainer(

@@ -53,16 +53,20 @@ def test_training_writes_the_run_folder_contract_and_drops_lr_at_milestones(data
 
 
 def test_early_stopping_stops_after_the_patience(data: Path, tmp_path: Path) -> None:
-    # A huge learning rate makes the validation loss stop improving; the run must stop exactly where the rule says.
-    patience = 2
-    config = tiny_config(tmp_path, data, num_epochs=12, early_stopping_patience=patience,
-                         optimizer_params={"lr": 3.0}, lr_scheduler=None)
+    # A high learning rate makes the validation loss stop improving; the run must stop exactly where the rule says
+    # (a non-finite loss stops it at once).
+    patience = 1
+    config = tiny_config(tmp_path, data, num_epochs=10, early_stopping_patience=patience,
+                         optimizer_params={"lr": 0.05}, lr_scheduler=None)
     result = run_train(["--config", str(config)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     run_dir = next((tmp_path / "output").iterdir())
     losses = pd.read_csv(run_dir / "metrics.csv")["valid_loss"].tolist()
-    best, stop = float("inf"), None
+    best, stop, waited = float("inf"), None, 0
     for epoch, loss in enumerate(losses):
+        if loss != loss:
+            stop = epoch
+            break
         waited = 0 if loss < best else waited + 1
         best = min(best, loss)
         if waited >= patience:
@@ -90,7 +94,7 @@ def test_run_name_is_made_unique_when_taken(data: Path, tmp_path: Path, monkeypa
     (["lr_scheduler=MultiStep"], "lr_scheduler 'MultiStep' is not in torch.optim.lr_scheduler.*MultiStepLR"),
     (["image_augmentations={RandomFlip: {p: 0.5}}"], "transform 'RandomFlip' is not in torchvision.transforms.v2"),
     (["normalization_params_rgb={mean: [0.5], std: [0.2]}"], "needs 3 mean and 3 std"),
-    (["image_size=[8, 8]"], r"image_size \[8, 8\] is too small for architecture 'ghost'"),
+    (["architecture=sq_10", "image_size=[16, 16]"], r"image_size \[16, 16\] is too small for architecture 'sq_10'"),
     (["stanford_data_path=/nonexistent/stanford"], "train_labels.csv not found"),
 ])
 def test_user_errors_are_one_line_with_exit_code_2(data: Path, tmp_path: Path, capsys, overrides: list[str],

@@ -102,7 +102,9 @@ def summarize(metrics_csv: Path, extras: dict[str, Any]) -> dict[str, Any]:
         "min_train_loss": None, "min_valid_loss": None, "max_train_acc": None, "max_valid_acc": None,
         "best_epoch": None, "epochs_run": int(len(metrics)),
     }
-    if len(metrics):
+    finite = metrics.dropna(subset=["valid_loss"])
+    if len(finite):
+        metrics = finite
         summary.update(
             min_train_loss=float(metrics["train_loss"].min()),
             min_valid_loss=float(metrics["valid_loss"].min()),
