@@ -72,7 +72,8 @@ class MetricsCsvWriter(Callback):
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # on_train_start, not on_fit_start: only then has a resumed run's epoch counter been restored.
         if not trainer.is_global_zero:
             return
         if self.path.exists():

@@ -1,0 +1,123 @@
+"""Per-sample batched augmentations on any device: the shared base, flips and random erasing.
+
+Every op draws one set of random parameters per sample (torchvision's v2 transforms, given a batch, draw one set
+for the whole batch). Each op is built from the torchvision transform that the same config entry would make on the
+PIL path, so the validated, normalised ranges and defaults are torchvision's own.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torchvision.transforms import v2
+
+from utils.errors import ConfigError
+
+BatchShape = tuple[int, int, int, int]
+
+
+def uniform(low: float | Tensor, high: float | Tensor, n: int, device: torch.device,
+            generator: torch.Generator | None) -> Tensor:
+    """n float32 draws from U[low, high), on `device`, from `generator` (or the global RNG)."""
+    return low + (high - low) * torch.rand(n, device=device, generator=generator)
+
+
+def per_sample(mask: Tensor) -> Tensor:
+    """A (B,) tensor shaped (B, 1, 1, 1) to broadcast over images."""
+    return mask.view(-1, 1, 1, 1)
+
+
+class DeviceOp:
+    """One augmentation on a (B, C, H, W) float batch in [0, 1]: sample per-sample parameters, then apply them."""
+
+    name = ""
+
+    def sample_params(self, shape: BatchShape, device: torch.device,
+                      generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Draw the parameters of each sample of a batch of `shape` (B, C, H, W)."""
+        raise NotImplementedError
+
+    def apply(self, batch: Tensor, params: dict[str, Tensor]) -> Tensor:
+        """Apply parameters from `sample_params` to the batch; returns a new tensor of the same shape."""
+        raise NotImplementedError
+
+    def __call__(self, batch: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        params = self.sample_params(tuple(batch.shape), batch.device, generator)
+        return self.apply(batch, params)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+class RandomFlip(DeviceOp):
+    """Mirror each sample with probability p: left-right (dim -1) or top-bottom (dim -2)."""
+
+    def __init__(self, spec: v2.RandomHorizontalFlip | v2.RandomVerticalFlip, dim: int) -> None:
+        self.name = type(spec).__name__
+        self.p = float(spec.p)
+        self.dim = dim
+
+    def sample_params(self, shape, device, generator=None):
+        return {"flip": torch.rand(shape[0], device=device, generator=generator) < self.p}
+
+    def apply(self, batch, params):
+        return torch.where(per_sample(params["flip"]), batch.flip(self.dim), batch)
+
+
+class RandomErasing(DeviceOp):
+    """torchvision's RandomErasing per sample: up to 10 tries at a box of random area and log-uniform aspect ratio
+    that fits inside the image; a sample whose 10 tries all fail is left unchanged, as torchvision does."""
+
+    name = "RandomErasing"
+    attempts = 10
+
+    def __init__(self, spec: v2.RandomErasing) -> None:
+        self.p = float(spec.p)
+        self.scale = (float(spec.scale[0]), float(spec.scale[1]))
+        self.log_ratio = (math.log(spec.ratio[0]), math.log(spec.ratio[1]))
+        self.value = spec.value  # list of 1 or C numbers, or None for per-pixel normal noise
+
+    def sample_params(self, shape, device, generator=None):
+        batch_size, channels, height, width = shape
+        if self.value is not None and len(self.value) not in (1, channels):
+            raise ConfigError(f"gpu augmentation RandomErasing parameter 'value' has {len(self.value)} numbers but the "
+                              f"images have {channels} channels: give 1 or {channels}")
+        n = batch_size * self.attempts
+        area_fraction = uniform(self.scale[0], self.scale[1], n, device, generator).view(batch_size, -1)
+        aspect_ratio = uniform(self.log_ratio[0], self.log_ratio[1], n, device, generator).exp().view(batch_size, -1)
+        area = area_fraction * (height * width)
+        box_h = torch.sqrt(area * aspect_ratio).round()
+        box_w = torch.sqrt(area / aspect_ratio).round()
+        fits = (box_h < height) & (box_w < width)
+        # The first attempt that fits, as torchvision's loop would stop there.
+        first = fits.int().argmax(dim=1, keepdim=True)
+        pick = lambda t: t.gather(1, first).squeeze(1)  # noqa: E731
+        box_h, box_w = pick(box_h), pick(box_w)
+        apply = (torch.rand(batch_size, device=device, generator=generator) < self.p) & fits.any(dim=1)
+        # randint(0, H - h + 1) per sample, from uniform draws so each sample has its own upper bound.
+        top = (torch.rand(batch_size, device=device, generator=generator) * (height - box_h + 1)).floor()
+        left = (torch.rand(batch_size, device=device, generator=generator) * (width - box_w + 1)).floor()
+        # Guards the float32 product against rounding up to the excluded bound.
+        top, left = torch.minimum(top, height - box_h), torch.minimum(left, width - box_w)
+        params = {"apply": apply, "area_fraction": pick(area_fraction), "aspect_ratio": pick(aspect_ratio),
+                  "top": top, "left": left, "height": box_h, "width": box_w}
+        if self.value is None:
+            params["noise"] = torch.randn(shape, device=device, generator=generator)
+        return params
+
+    def apply(self, batch, params):
+        height, width = batch.shape[-2:]
+        rows = torch.arange(height, device=batch.device, dtype=params["top"].dtype).view(1, height, 1)
+        cols = torch.arange(width, device=batch.device, dtype=params["left"].dtype).view(1, 1, width)
+        top, left = params["top"].view(-1, 1, 1), params["left"].view(-1, 1, 1)
+        inside = ((rows >= top) & (rows < top + params["height"].view(-1, 1, 1))
+                  & (cols >= left) & (cols < left + params["width"].view(-1, 1, 1)))
+        inside = (inside & params["apply"].view(-1, 1, 1)).unsqueeze(1)
+        if self.value is None:
+            fill = params["noise"]
+        else:
+            fill = torch.tensor(self.value, device=batch.device).view(1, -1, 1, 1)
+        return torch.where(inside, fill.to(batch.dtype), batch)
