@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import COLUMNS
 from PIL import Image
 
 from datasets.normalization import compute_normalization, format_for_config
 from datasets.transforms import PrefixSettings, apply_prefix
+from tests.conftest import COLUMNS
 from utils.configuration import validate
 from utils.errors import DataError
 

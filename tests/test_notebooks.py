@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import nbformat
+import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, write_prepared
 from jupyter_client.kernelspec import find_kernel_specs
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from datasets.normalization import compute_normalization, format_for_config
+from tests.conftest import write_prepared
+from tests.helpers import ROOT, generated_prepared_data, tiny_config
 
 KERNEL = "python3"
 
@@ -57,27 +60,44 @@ def test_normalization_notebook_prints_the_library_values_in_config_format(tmp_p
     assert yaml.safe_load(expected)["normalization_params_grayscale"]["std"][0] > 0
 
 
-def test_train_colab_notebook_trains_outside_colab_and_writes_metrics(tmp_path: Path) -> None:
-    data = write_prepared(tmp_path / "stanford", classes=3, train_per_class=4, test_per_class=2)
-    config = tmp_path / "tiny.yml"
-    config.write_text(yaml.safe_dump({
-        "image_size": [64, 64], "num_epochs": 1, "batch_size": 8, "num_workers": 0, "accelerator": "cpu",
-        "log_to_mlflow": False, "log_to_neptune": False,
-    }))
-    output = tmp_path / "output"
-    notebook = with_parameters(ROOT / "train_colab.ipynb", {
+def colab_parameters(tmp_path: Path) -> tuple[dict[str, Any], Path]:
+    """Notebook parameters for a one-epoch CPU run on generated data; returns them and the output folder."""
+    data = generated_prepared_data(tmp_path / "data")
+    config = tiny_config(tmp_path, data, name="tiny.yml", num_epochs=1)
+    output = tmp_path / "elsewhere"
+    return {
         "local_project_wdir": str(ROOT),
         "DATA_ON_COLAB": False,
         "CONFIG_PATH": str(config),
-        "EXTRA_ARGS": ["-d", str(data), "--set", f"output_path={output}", f"logging_dir={tmp_path / 'logs'}"],
-    })
-    # Started elsewhere on purpose: the notebook must change to the project folder itself.
-    printed = stdout_of(execute(notebook, tmp_path, timeout=600))
+        "EXTRA_ARGS": ["-d", str(data), "--set", f"output_path={output}"],
+    }, output
+
+
+@pytest.mark.slow  # a kernel plus a training run: ~40 s on 2 busy cores
+def test_train_colab_notebook_trains_outside_colab_and_writes_metrics(tmp_path: Path) -> None:
+    parameters, output = colab_parameters(tmp_path)
+    # Started outside the project on purpose: the notebook must change to the project folder itself.
+    printed = stdout_of(execute(with_parameters(ROOT / "train_colab.ipynb", parameters), tmp_path, timeout=600))
     run_dirs = [path.parent for path in output.glob("*/metrics.csv")]
     assert len(run_dirs) == 1, printed[-3000:]
-    assert (run_dirs[0] / "metrics.csv").read_text().count("\n") >= 2  # header and the epoch's row
-    assert f"run folder: {run_dirs[0]}" in printed  # the training output was streamed into the notebook
+    assert len(pd.read_csv(run_dirs[0] / "metrics.csv")) == 1  # one epoch, as the config and EXTRA_ARGS asked
     assert "running outside Colab" in printed
+    assert f"run folder: {run_dirs[0]}" in printed  # train.py's own output was streamed into the notebook
+    assert "--resume" not in printed  # nothing to resume the first time
+
+
+@pytest.mark.slow
+def test_train_colab_notebook_rerun_resumes_a_run_cut_off_by_a_disconnect(tmp_path: Path) -> None:
+    parameters, output = colab_parameters(tmp_path)
+    execute(with_parameters(ROOT / "train_colab.ipynb", parameters), tmp_path, timeout=600)
+    run_dirs = [path.parent for path in output.glob("*/metrics.csv")]
+    assert len(run_dirs) == 1
+    # A disconnect kills train.py before it writes summary.json: rerunning the notebook continues that run.
+    (run_dirs[0] / "summary.json").unlink()
+    printed = stdout_of(execute(with_parameters(ROOT / "train_colab.ipynb", parameters), tmp_path, timeout=600))
+    assert "--resume auto" in printed and f"resuming run {run_dirs[0].name}" in printed, printed[-3000:]
+    assert [path.parent for path in output.glob("*/metrics.csv")] == run_dirs
+    assert json.loads((run_dirs[0] / "summary.json").read_text())["status"] == "finished"
 
 
 def test_train_colab_notebook_fails_the_cell_with_train_py_exit_code(tmp_path: Path) -> None:
