@@ -93,15 +93,15 @@ def train(config: dict[str, Any], resume: str | None = None) -> Path:
         sync_batchnorm=config["sync_batchnorm"], deterministic=config["deterministic"], callbacks=callbacks,
         logger=loggers or False, default_root_dir=run_dir, num_sanity_val_steps=0, enable_model_summary=False,
     )
-    interrupt = GracefulInterrupt()
+    interrupt = GracefulInterrupt(trainer)
     interrupt.install()
     started = time.monotonic()
     status = "interrupted"
     try:
         trainer.fit(model, datamodule=data, ckpt_path=checkpoint)
         status = "early_stopped" if early_stopping.stopped_epoch > 0 else "finished"
-    except SystemExit:
-        # Lightning turns Ctrl-C and SIGTERM into SystemExit after shutting down cleanly.
+    except (SystemExit, KeyboardInterrupt):
+        # Lightning turns a stop request into SystemExit after shutting down cleanly.
         pass
     finally:
         interrupt.reinstall()

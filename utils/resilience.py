@@ -80,8 +80,11 @@ class RngStateCheckpoint(Callback):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
+        name, keys, position, has_gauss, cached = np.random.get_state()
+        # Plain types and tensors only: Lightning loads checkpoints with torch.load(weights_only=True).
         checkpoint["rng_states"] = {
-            "python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "python": random.getstate(), "numpy": [name, keys.tolist(), position, has_gauss, cached],
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
 
@@ -91,16 +94,23 @@ class RngStateCheckpoint(Callback):
         if not states:
             return
         random.setstate(states["python"])
-        np.random.set_state(states["numpy"])
+        name, keys, position, has_gauss, cached = states["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
         torch.set_rng_state(states["torch"])
         if states["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class GracefulInterrupt:
-    """First SIGINT/SIGTERM: stop training (Lightning shuts down cleanly and our cleanup runs). Second: exit at once."""
+    """First SIGINT/SIGTERM: stop at the next batch boundary, so that no checkpoint is cut in half; Lightning then
+    shuts down and our cleanup (plots, summary, trackers) runs. Second signal: exit at once.
 
-    def __init__(self) -> None:
+    Lightning already turns SIGTERM into a stop at the next batch (its `received_sigterm` flag); SIGINT is routed the
+    same way instead of raising KeyboardInterrupt wherever the program happens to be.
+    """
+
+    def __init__(self, trainer: pl.Trainer) -> None:
+        self.trainer = trainer
         self.signum: int | None = None
 
     def install(self) -> None:
@@ -108,14 +118,18 @@ class GracefulInterrupt:
             signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
         if self.signum is not None:
-            print(f"\nsecond {signal.Signals(signum).name}: exiting at once", file=sys.stderr, flush=True)
+            print(f"\nsecond {name}: exiting at once", file=sys.stderr, flush=True)
             os._exit(128 + signum)
         self.signum = signum
-        print(f"\n{signal.Signals(signum).name} received: stopping after cleanup (send it again to exit at once)",
+        print(f"\n{name} received: stopping at the next batch (send it again to exit at once)",
               file=sys.stderr, flush=True)
-        raise KeyboardInterrupt
+        if self.trainer.training or self.trainer.validating:
+            self.trainer._signal_connector.received_sigterm = True
+        else:
+            raise KeyboardInterrupt
 
     def reinstall(self) -> None:
-        """Lightning ignores SIGINT after a Ctrl-C; make a second signal during our cleanup exit at once again."""
+        """Lightning restores its own handlers when fit ends; a second signal during our cleanup must still work."""
         self.install()
