@@ -101,9 +101,10 @@ def train_tiny(config: dict, run_dir: Path, status: str = "finished") -> tuple[T
     return model, loggers
 
 
-def assert_token_absent(root: Path, *texts: str) -> None:
+def assert_token_absent(root: Path, *texts: str, given_in: Path | None = None) -> None:
+    """No file under root (but the config that gave the token) and no text holds the token."""
     for path in root.rglob("*"):
-        if path.is_file():
+        if path.is_file() and path != given_in:
             assert TOKEN.encode() not in path.read_bytes(), f"token found in {path}"
     for text in texts:
         assert TOKEN not in text
@@ -342,3 +343,65 @@ def test_neptune_offline_run_is_written_locally_without_token_or_network(
     out, err = capfd.readouterr()
     assert_token_absent(tmp_path, out, err)
     assert TOKEN not in repr(loggers)
+
+
+# --- train.py end to end ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_train_logs_to_mlflow_and_neptune_offline_and_the_token_appears_nowhere(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from tests.helpers import generated_prepared_data, run_train, tiny_config
+
+    data = generated_prepared_data(tmp_path / "data")
+    config = tiny_config(tmp_path, data, log_to_mlflow=True, log_to_neptune=True, neptune_mode="offline",
+                         neptune_api_token=TOKEN, mlflow_tracking_uri=f"sqlite:///{tmp_path}/mlruns.db",
+                         experiment_name="e2e", tags=["C-50"], description="tiny rerun")
+    result = run_train(["--config", str(config)], cwd=tmp_path, env={"NEPTUNE_API_TOKEN": TOKEN})
+    assert result.returncode == 0, result.stderr
+    run_dir = next((tmp_path / "output").iterdir())
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
+    assert run.info.run_name == run_dir.name and run.info.status == "FINISHED"
+    assert run.data.params["architecture"] == "GhostNet" and run.data.params["img_size"] == "[64, 64]"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "valid_acc")) == [0, 1]
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert plots == {"plots/loss.png", "plots/accuracy.png", "plots/lr.png"}
+
+    operations = read_neptune_offline(tmp_path / ".neptune")
+    assigned = {"/".join(o["path"]): o.get("value") for o in operations if o["type"].startswith("Assign")}
+    assert assigned["sys/name"] == run_dir.name and assigned["parameters/architecture"] == "GhostNet"
+    assert "Experiment with name" not in result.stdout + result.stderr
+    assert_token_absent(tmp_path, result.stdout, result.stderr, given_in=config)
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_still_gets_its_plots_and_a_killed_tracker_run(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from tests.helpers import generated_prepared_data, tiny_config
+
+    data = generated_prepared_data(tmp_path / "data")
+    config = tiny_config(tmp_path, data, num_epochs=200, log_to_mlflow=True,
+                         mlflow_tracking_uri=f"sqlite:///{tmp_path}/mlruns.db", experiment_name="stop")
+    child = subprocess.Popen([sys.executable, str(Path(__file__).parents[1] / "train.py"), "--config", str(config)],
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(len(p.read_text().splitlines()) > 1 for p in (tmp_path / "output").glob("*/metrics.csv")):
+            assert child.poll() is None, child.stdout.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        child.send_signal(signal.SIGINT)
+        child.wait(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    run_dir = next((tmp_path / "output").iterdir())
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    assert {p.name for p in (run_dir / "plots").iterdir()} == {"loss.png", "accuracy.png", "lr.png"}
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("stop").experiment_id])
+    assert run.info.status == "KILLED" and run.data.tags["status"] == "interrupted"
