@@ -16,7 +16,7 @@ from typing import Any
 
 from utils.cli import run_main
 from utils.configuration import dump_yaml, load_config
-from utils.errors import UserError
+from utils.errors import ConfigError, UserError
 from utils.logging_setup import setup_logging
 
 log = logging.getLogger("cars")
@@ -51,33 +51,30 @@ def train(config: dict[str, Any], resume: str | None = None) -> Path:
     """Run one training as `config` describes (or continue the run of a checkpoint); returns the run folder."""
     # Heavy imports here, so that --help, --print-config and config errors answer at once.
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
     from datasets.stanford_data_module import StanfordCarsDataModule
     from models.net_module import NetModule
-    from models.training_parts import check_names, early_stopping_patience
+    from models.training_parts import check_hardware, check_names, early_stopping_patience
     from utils.plots import write_plots
-    from utils.resilience import GracefulInterrupt, RngStateCheckpoint, find_resume_checkpoint, run_dir_of
-    from utils.run_outputs import MetricsCsvWriter, create_run_dir, write_run_config, write_summary
-    from utils.trackers import build_loggers, finalize_trackers
+    from utils.resilience import GracefulInterrupt, RngStateCheckpoint, find_resume_checkpoint
+    from utils.run_outputs import MetricsCsvWriter, epochs_done, write_summary
+    from utils.trackers import build_loggers, check_tracker_config, finalize_trackers
 
     check_names(config)
+    check_hardware(config)
+    check_tracker_config(config)
     checkpoint = find_resume_checkpoint(resume, config) if resume else None
     if config["seed"] is not None:
         pl.seed_everything(config["seed"], workers=True, verbose=False)
     data = StanfordCarsDataModule(config)
     model = NetModule.from_config(config, data.num_classes, data.class_names)
-    if checkpoint is not None:
-        run_dir = run_dir_of(checkpoint)
-        config = {**config, "run_name": run_dir.name}
-        log.info("resuming run %s from %s", run_dir.name, checkpoint)
-    else:
-        run_dir = create_run_dir(Path(config["output_path"]), config["run_name"], config["architecture"])
-        write_run_config(run_dir, config)
+    run_dir = _run_dir(config, checkpoint)
+    config = {**config, "run_name": run_dir.name}
     log.info("run %s: %s, %d classes, %s parameters", run_dir.name, config["architecture"], data.num_classes,
              f"{model.num_params:,}")
 
-    loggers = build_loggers(config, run_dir, model)
+    loggers = build_loggers(config, run_dir, model, resume=checkpoint is not None)
     early_stopping = EarlyStopping(monitor="valid_loss", mode="min", patience=early_stopping_patience(config))
     best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="valid_loss", mode="min",
                            save_top_k=1, enable_version_counter=False)
@@ -85,13 +82,12 @@ def train(config: dict[str, Any], resume: str | None = None) -> Path:
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
                            enable_version_counter=False)
     callbacks = [early_stopping, best, last, MetricsCsvWriter(run_dir / "metrics.csv"), RngStateCheckpoint()]
-    if loggers:
-        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     trainer = pl.Trainer(
         max_epochs=config["num_epochs"], accelerator=config["accelerator"], devices=config["devices"],
         num_nodes=config["num_nodes"], strategy=config["strategy"], precision=config["precision"],
         sync_batchnorm=config["sync_batchnorm"], deterministic=config["deterministic"], callbacks=callbacks,
         logger=loggers or False, default_root_dir=run_dir, num_sanity_val_steps=0, enable_model_summary=False,
+        use_distributed_sampler=False,  # the data module picks its samplers (no padded validation shares)
     )
     interrupt = GracefulInterrupt(trainer)
     interrupt.install()
@@ -99,13 +95,16 @@ def train(config: dict[str, Any], resume: str | None = None) -> Path:
     status = "interrupted"
     try:
         trainer.fit(model, datamodule=data, ckpt_path=checkpoint)
-        status = "early_stopped" if early_stopping.stopped_epoch > 0 else "finished"
+        status = "finished"
     except (SystemExit, KeyboardInterrupt):
         # Lightning turns a stop request into SystemExit after shutting down cleanly.
         pass
     finally:
         interrupt.reinstall()
         if trainer.is_global_zero:
+            # Judged from metrics.csv, not the callback's state: with ddp_spawn training ran in other processes.
+            if status == "finished" and epochs_done(run_dir / "metrics.csv") < config["num_epochs"]:
+                status = "early_stopped"
             write_plots(run_dir / "metrics.csv", run_dir / "plots", title=run_dir.name)
             summary = write_summary(run_dir, {
                 "early_stopped": status == "early_stopped",
@@ -123,6 +122,35 @@ def train(config: dict[str, Any], resume: str | None = None) -> Path:
             raise Interrupted(f"run {run_dir} stopped; its last finished epoch is saved in {last}; continue with: "
                               f"{command} --resume {last}")
         raise Interrupted(f"run {run_dir} stopped before its first epoch finished; nothing to resume")
+    return run_dir
+
+
+def _run_dir(config: dict[str, Any], checkpoint: Path | None) -> Path:
+    """The run folder: the checkpoint's when resuming, else a new one made by rank 0.
+
+    Under DDP, Lightning starts ranks 1..N-1 by running this script again; they find rank 0's folder in
+    CARS_RUN_DIR. Processes started by torchrun or SLURM all start at once and agree on the folder by `run_name`.
+    """
+    import os
+
+    from pytorch_lightning.utilities import rank_zero_only
+
+    from utils.resilience import run_dir_of
+    from utils.run_outputs import create_run_dir, write_run_config
+
+    if checkpoint is not None:
+        log.info("resuming run %s from %s", run_dir_of(checkpoint).name, checkpoint)
+        return run_dir_of(checkpoint)
+    if rank_zero_only.rank != 0:
+        if os.environ.get("CARS_RUN_DIR"):
+            return Path(os.environ["CARS_RUN_DIR"])
+        if config["run_name"] is None:
+            raise ConfigError("set run_name when starting several training processes yourself (torchrun, SLURM), "
+                              "so that they share one run folder")
+        return Path(config["output_path"]) / config["run_name"]
+    run_dir = create_run_dir(Path(config["output_path"]), config["run_name"], config["architecture"])
+    write_run_config(run_dir, config)
+    os.environ["CARS_RUN_DIR"] = str(run_dir)
     return run_dir
 
 

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+from lightning_fabric.utilities.seed import pl_worker_init_function
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from datasets import image_cache
 from datasets.stanford_data import BBOX_COLUMNS, StanfordCarsDataset, check_folder_matches, read_labels
 from datasets.transforms import PrefixSettings, build_v2_pipeline
 
 log = logging.getLogger("cars")
+
+
+def init_worker(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT/SIGTERM: a Ctrl-C or a SIGTERM sent to the whole process group must reach
+    only the main process, which stops training cleanly and then shuts the workers down itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    pl_worker_init_function(worker_id)
 
 
 def default_num_workers() -> int:
@@ -91,13 +102,29 @@ class StanfordCarsDataModule(pl.LightningDataModule):
         """Images left out because they do not decode (skip_corrupt_images)."""
         return sum(dataset.skipped for dataset in self.datasets.values())
 
+    def _sampler(self, split: str, shuffle: bool) -> Sampler | None:
+        """Under DDP each process reads its share; validation shares are not padded with repeats, so accuracy
+        synced over the processes equals a single-process evaluation."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return None
+        dataset = self.datasets[split]
+        if split == "train":
+            return DistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank,
+                                      shuffle=shuffle, seed=self.config["seed"] or 0)
+        return UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank,
+                                            shuffle=False)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         workers = self.num_workers
+        sampler = self._sampler(split, shuffle)
         return DataLoader(
             self.datasets[split],
             batch_size=self.config["batch_size"],
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             num_workers=workers,
+            worker_init_fn=init_worker if workers > 0 else None,
             pin_memory=self.config["pin_memory"] and self.trainer is not None
             and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator",
             persistent_workers=self.config["persistent_workers"] and workers > 0,

@@ -58,6 +58,13 @@ def check_names(config: dict[str, Any]) -> None:
         _lookup("lr_scheduler", config["lr_scheduler"], scheduler_classes(), "in torch.optim.lr_scheduler")
 
 
+def check_hardware(config: dict[str, Any]) -> None:
+    """Settings the chosen hardware cannot run, reported before anything starts."""
+    on_cpu = config["accelerator"] == "cpu" or (config["accelerator"] == "auto" and not torch.cuda.is_available())
+    if config["sync_batchnorm"] and on_cpu:
+        raise ConfigError("sync_batchnorm: true needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on the CPU)")
+
+
 def build_loss(name: str, params: dict[str, Any] | None) -> torch.nn.Module:
     cls = _lookup("loss_function", name, loss_classes(), "a torch.nn loss or LabelSmoothingCrossEntropy")
     try:

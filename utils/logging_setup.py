@@ -13,9 +13,14 @@ LOGGER_NAME = "cars"
 def setup_logging(level: str = "INFO", logging_dir: str | Path | None = None) -> Path | None:
     """Log `cars` (and Lightning's) messages to the console and, when a folder is given, to `<dir>/<YYYYMMDD>.log`.
 
-    Returns the log file's path, or None. Calling it again replaces the handlers it installed before.
+    Returns the log file's path, or None. Calling it again replaces the handlers it installed before. In DDP
+    processes other than rank 0 only warnings reach the console and nothing reaches the file.
     """
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
     logger = logging.getLogger(LOGGER_NAME)
+    if rank_zero_only.rank != 0:
+        level, logging_dir = "WARNING", None
     logger.setLevel(level)
     logger.propagate = False
     for handler in list(logger.handlers):

@@ -69,14 +69,16 @@ class MlflowRunLogger(MLFlowLogger):
 
     Args:
         run_name: the run's name (the run folder's name).
+        resume: continue the latest MLflow run of that name (a resumed training) instead of starting one.
         tracking_uri: e.g. sqlite:///mlruns.db (embedded, no server) or http://host:port.
         experiment_name: the MLflow experiment the run belongs to (created when missing).
         tags, description: the config's `tags` list and `description`.
     """
 
     def __init__(self, run_name: str, tracking_uri: str, experiment_name: str, tags: Iterable[str] = (),
-                 description: str = "") -> None:
+                 description: str = "", resume: bool = False) -> None:
         quiet_mlflow()
+        self._resume = resume
         super().__init__(experiment_name=experiment_name, run_name=run_name, tracking_uri=tracking_uri,
                          tags=run_tags(list(tags), description),
                          artifact_location=default_artifact_location(tracking_uri))
@@ -91,6 +93,14 @@ class MlflowRunLogger(MLFlowLogger):
             else:
                 self._experiment_id = self._mlflow_client.create_experiment(
                     self._experiment_name, artifact_location=self._artifact_location)
+            if self._resume and self._run_id is None:
+                # A resumed training continues its MLflow run: same metric series, same run in the table.
+                runs = self._mlflow_client.search_runs(
+                    [self._experiment_id], filter_string=f"attributes.run_name = '{self._run_name}'",
+                    order_by=["attributes.start_time DESC"], max_results=1)
+                if runs:
+                    self._run_id = runs[0].info.run_id
+                    self._mlflow_client.update_run(self._run_id, status="RUNNING")
         return super().experiment
 
     @rank_zero_only

@@ -78,6 +78,8 @@ class NeptuneRunLogger(Logger):
                     project=self._project if online else None, api_token=self._api_token if online else None,
                     mode=self._mode, name=self._run_name, description=self._description or None,
                     tags=self._tags or None, source_files=[], capture_hardware_metrics=online,
+                    # The run folder's name identifies the run: a resumed training continues it (online modes).
+                    custom_run_id=self._run_name[-36:] if online else None,
                 )
         except Exception as error:  # the client's errors are many; all mean: this tracker cannot start
             message = " ".join(str(error).split())[:300]

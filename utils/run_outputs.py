@@ -95,6 +95,14 @@ class MetricsCsvWriter(Callback):
             csv.writer(handle).writerow([record["epoch"], *(f"{record[c]:.6g}" for c in METRIC_COLUMNS[1:])])
 
 
+def epochs_done(metrics_csv: Path) -> int:
+    """Number of finished epochs recorded in metrics.csv (its last epoch + 1)."""
+    if not metrics_csv.is_file():
+        return 0
+    epochs = pd.read_csv(metrics_csv)["epoch"]
+    return int(epochs.max()) + 1 if len(epochs) else 0
+
+
 def summarize(metrics_csv: Path, extras: dict[str, Any]) -> dict[str, Any]:
     """Best values over the run's epochs plus `extras` (architecture, num_params, ...)."""
     metrics = pd.read_csv(metrics_csv) if metrics_csv.is_file() else pd.DataFrame(columns=METRIC_COLUMNS)

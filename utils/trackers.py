@@ -40,8 +40,20 @@ def architecture_name(model: Any) -> str:
     return type(getattr(model, "net", model)).__name__
 
 
-def build_loggers(config: dict[str, Any], run_dir: Path, model: Any) -> list[Logger]:
-    """The Lightning loggers the config asks for, each with its tracker run created and its parameters logged.
+def check_tracker_config(config: dict[str, Any]) -> None:
+    """Fail before any run folder or tracker run exists when Neptune's settings cannot work."""
+    if config["log_to_neptune"] and config["neptune_mode"] == "async":
+        token, project = neptune_api_token(config), neptune_project(config)
+        if token is None or project is None:
+            missing = "neptune_api_token (or NEPTUNE_API_TOKEN)" if token is None else \
+                "neptune_username and neptune_project_name"
+            raise ConfigError(f"log_to_neptune with neptune_mode async needs {missing}; Neptune's hosted service "
+                              f"closed on 2026-03-05: use neptune_mode: offline to keep runs locally")
+
+
+def build_loggers(config: dict[str, Any], run_dir: Path, model: Any, resume: bool = False) -> list[Logger]:
+    """The Lightning loggers the config asks for, each with its tracker run created and its parameters logged;
+    `resume` continues the run folder's existing tracker runs.
 
     Runs are created on rank 0 only (Lightning's rank-zero conventions); other ranks get inert loggers.
     """
@@ -50,19 +62,15 @@ def build_loggers(config: dict[str, Any], run_dir: Path, model: Any) -> list[Log
 
     loggers: list[Any] = []
     # Neptune first: when it cannot start, no MLflow run is left open behind it.
+    check_tracker_config(config)
     if config["log_to_neptune"]:
         mode = config["neptune_mode"]
         token, project = neptune_api_token(config), neptune_project(config)
-        if mode == "async" and (token is None or project is None):
-            missing = "neptune_api_token (or NEPTUNE_API_TOKEN)" if token is None else \
-                "neptune_username and neptune_project_name"
-            raise ConfigError(f"log_to_neptune with neptune_mode async needs {missing}; Neptune's hosted service "
-                              f"closed on 2026-03-05: use neptune_mode: offline to keep runs locally")
         loggers.append(NeptuneRunLogger(run_dir.name, mode=mode, project=project, api_token=token,
                                         tags=config["tags"], description=config["description"]))
     if config["log_to_mlflow"]:
         loggers.append(MlflowRunLogger(run_dir.name, config["mlflow_tracking_uri"], config["experiment_name"],
-                                       config["tags"], config["description"]))
+                                       config["tags"], config["description"], resume=resume))
     if loggers:
         params = run_params(config, architecture_name(model), getattr(model, "num_params", 0))
         for logger in loggers:
