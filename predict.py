@@ -26,6 +26,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true",
                         help="print one JSON document ({images: [...], errors: [...]}) instead of text")
     args = parser.parse_args(argv)
+    if not Path(args.checkpoint).is_file():
+        # Checked before the heavy imports, so that a mistyped path answers at once.
+        raise UserError(f"{args.checkpoint} does not exist; pass a checkpoint such as <run>/checkpoints/best.ckpt")
     for option in ("top_k", "batch_size"):
         if getattr(args, option) < 1:
             raise UserError(f"--{option.replace('_', '-')} must be at least 1, not {getattr(args, option)}")
