@@ -1,0 +1,119 @@
+"""Inference from a training checkpoint alone: load it, preprocess images as the eval pipeline does, predict top-k.
+
+A checkpoint of `models/net_module.py: NetModule` stores the architecture, the image size, grayscale (img_channels),
+the normalization and the class names, so nothing else is needed. Evaluation images go through the deterministic
+prefix of `datasets/transforms.py` (RGB -> Resize -> optional Grayscale; no bbox crop, as for the test split) and
+then `NetModule.preprocess`, exactly as validation batches in training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from datasets.transforms import PrefixSettings, apply_prefix, to_uint8_tensor
+from models.net_module import NetModule
+from utils.errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+# Besides tensors and plain containers, train.py's checkpoints hold numpy's RNG state (utils/resilience.py); these
+# are the only other types a weights-only (non-executing) unpickler has to accept.
+_CHECKPOINT_SAFE_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
+
+
+class CheckpointError(UserError):
+    """A checkpoint path that does not exist or is not a checkpoint written by train.py."""
+
+    prefix = "checkpoint error"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One of an image's top-k classes; `class_id` is 1-based, as in the raw data and the labels CSVs."""
+
+    class_id: int
+    class_name: str
+    probability: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"class_id": self.class_id, "class_name": self.class_name, "probability": self.probability}
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint dict of a train.py run, loaded without executing pickled code; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; pass a checkpoint such as <run>/checkpoints/best.ckpt")
+    try:
+        with torch.serialization.safe_globals(_CHECKPOINT_SAFE_GLOBALS):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load raises many types (UnpicklingError, RuntimeError, EOFError, ...)
+        lines = str(error).strip().splitlines()
+        reason = f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+        raise CheckpointError(f"{path} is not a checkpoint written by train.py (torch.load says {reason})") from None
+    if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= checkpoint.keys():
+        raise CheckpointError(f"{path} is not a checkpoint written by train.py (no state_dict and hyper_parameters)")
+    return checkpoint
+
+
+def load_module(path: Path) -> NetModule:
+    """The checkpoint's NetModule on the CPU in eval mode (torch.compile off: not worth it for a few images)."""
+    checkpoint = read_checkpoint(path)
+    hparams = dict(checkpoint["hyper_parameters"])
+    if "architecture" not in hparams or "num_classes" not in hparams:
+        raise CheckpointError(f"{path} is not a checkpoint of models/net_module.py: NetModule (no architecture)")
+    module = NetModule(**{**hparams, "compile": False})
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: the weights do not fit the stored architecture ({str(error)[:200]})") from None
+    return module.eval()
+
+
+def class_names(module: NetModule) -> list[str]:
+    """Names indexed by 0-based label; checkpoints without names get 'class <id>'."""
+    names = module.hparams.get("class_names")
+    count = module.hparams.num_classes
+    return list(names) if names else [f"class {i}" for i in range(1, count + 1)]
+
+
+def eval_prefix(module: NetModule) -> PrefixSettings:
+    """The deterministic preprocessing of the test split for this module's training settings."""
+    return PrefixSettings(tuple(module.hparams.image_size), module.hparams.img_channels == 1, False, False)
+
+
+def load_image(path: Path, prefix: PrefixSettings) -> torch.Tensor:
+    """Decode an image file and apply the eval prefix: uint8 (C, H, W). Raises OSError when it does not decode."""
+    with Image.open(path) as image:
+        image.load()
+        return to_uint8_tensor(apply_prefix(image, prefix))
+
+
+@torch.inference_mode()
+def predict_probabilities(module: NetModule, images: torch.Tensor) -> torch.Tensor:
+    """uint8 batch (B, C, H, W) after the eval prefix -> class probabilities (B, num_classes)."""
+    device = next(module.parameters()).device
+    logits = module(module.preprocess(images.to(device), train=False))
+    return torch.softmax(logits.float(), dim=1).cpu()
+
+
+def top_k(probabilities: torch.Tensor, names: list[str], k: int) -> list[list[Prediction]]:
+    """The k most probable classes of each row, most probable first."""
+    values, indices = probabilities.topk(min(k, probabilities.shape[1]), dim=1)
+    return [
+        [Prediction(int(i) + 1, names[int(i)], float(v)) for v, i in zip(row_values, row_indices)]
+        for row_values, row_indices in zip(values, indices)
+    ]
+
+
+def image_files(path: Path) -> list[Path]:
+    """A file as itself; a folder as its image files (by suffix, sorted by name)."""
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return [path]

@@ -1,0 +1,91 @@
+"""predict.py end to end: top-k per image from a checkpoint alone, JSON output, unreadable images, bad checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import generated_prepared_data, run_script, tiny_config
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-epoch run of the real training code on generated data (3 classes, 2 test images each)."""
+    from train import train
+    from utils.configuration import load_config
+
+    base = tmp_path_factory.mktemp("predict")
+    data = generated_prepared_data(base)
+    return train(load_config(str(tiny_config(base, data, num_epochs=1))))
+
+
+@pytest.fixture
+def images(run_dir: Path, tmp_path: Path) -> Path:
+    """The run's test images plus one file that is not an image and one file that is not an image type."""
+    from utils.configuration import read_yaml
+
+    folder = tmp_path / "photos"
+    shutil.copytree(Path(read_yaml(run_dir / "config.yml")["stanford_data_path"]) / "test", folder)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    (folder / "notes.txt").write_text("ignored: not an image suffix")
+    return folder
+
+
+def test_json_top1_agrees_with_evaluate_and_unreadable_image_is_named(run_dir: Path, images: Path) -> None:
+    from models.evaluate import default_data_path, evaluate
+    from models.inference import load_module
+
+    checkpoint = run_dir / "checkpoints" / "best.ckpt"
+    result = run_script("predict.py", ["--checkpoint", str(checkpoint), str(images), "--json", "--top-k", "2",
+                                       "--batch-size", "4"], cwd=images.parent)
+    assert result.returncode == 1  # one image failed, the others were predicted
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1 and "broken.jpg" in errors[0] and "notes.txt" not in result.stdout
+    document = json.loads(result.stdout)
+    assert [Path(e["image"]).name for e in document["errors"]] == ["broken.jpg"]
+    by_name = {Path(item["image"]).name: item["predictions"] for item in document["images"]}
+    assert sorted(by_name) == sorted(p.name for p in images.glob("0*.jpg"))
+
+    evaluation = evaluate(load_module(checkpoint), default_data_path(checkpoint))
+    names = evaluation.per_class["class_name"].tolist()
+    for row in evaluation.predictions.itertuples():
+        top = by_name[row.image_fname]
+        assert len(top) == 2 and top[0]["probability"] >= top[1]["probability"]
+        assert top[0]["class_id"] == row.predicted_class_id
+        assert top[0]["class_name"] == names[row.predicted_class_id - 1]
+        assert top[0]["probability"] == pytest.approx(row.probability, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_text_output_lists_top_k_per_image(run_dir: Path, images: Path) -> None:
+    one = sorted(images.glob("0*.jpg"))[0]
+    result = run_script("predict.py", ["--checkpoint", str(run_dir / "checkpoints" / "last.ckpt"), str(one),
+                                       "--top-k", "5"], cwd=images.parent)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    # Three classes: top-5 shows all three, probabilities in decreasing order summing to one.
+    assert lines[0] == str(one) and len(lines) == 4
+    probabilities = [float(line.split("%")[0]) for line in lines[1:]]
+    assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) == pytest.approx(100, abs=0.02)
+    assert all("(class " in line for line in lines[1:])
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda folder: folder / "missing.ckpt", "missing.ckpt does not exist"),
+    pytest.param(lambda folder: _write(folder / "notes.ckpt", b"plain text"),
+                 "notes.ckpt is not a checkpoint written by train.py", marks=pytest.mark.slow),
+])
+def test_missing_or_foreign_checkpoint_is_one_line_and_exit_2(tmp_path: Path, make, message: str) -> None:
+    image = tmp_path / "car.jpg"
+    image.write_bytes(b"")
+    result = run_script("predict.py", ["--checkpoint", str(make(tmp_path)), str(image)], cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _write(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
+    return path
