@@ -58,7 +58,7 @@ def structure(data: bytes) -> dict:
 
 
 def array_flags(data: bytes) -> dict[str, set[tuple[bool, int]]]:
-    """Per struct field of `annotations`: the (logical, storage type) pairs of the MAT v5 array headers.
+    """Per struct field (first 100 rows): the (logical, storage type) pairs of the MAT v5 array headers.
 
     loadmat returns a logical as uint8, so the logical flag is read from the file itself.
     """
@@ -81,7 +81,7 @@ def array_flags(data: bytes) -> dict[str, set[tuple[bool, int]]]:
         if flags & 0xFF == 2:  # struct: field names, then one matrix per field per element
             length = struct.unpack("<i", parts[3][1])[0]
             names = [parts[4][1][i:i + length].rstrip(b"\0").decode() for i in range(0, len(parts[4][1]), length)]
-            for index, (_, sub) in enumerate(parts[5:]):
+            for index, (_, sub) in enumerate(parts[5:5 + 100 * len(names)]):  # 100 rows tell the flags
                 matrix(sub, names[index % len(names)])
         elif field and len(parts) > 3:
             found.setdefault(field, set()).add((bool(flags & 0x200), parts[3][0]))
