@@ -9,6 +9,7 @@ decompression and checking overlap as `tar` and `gzip` do in a shell pipe.
 
 from __future__ import annotations
 
+import gzip
 import os
 import posixpath
 import tarfile
@@ -123,9 +124,15 @@ def _refuse_unsafe(member: tarfile.TarInfo, archive: Path, destination: Path) ->
 
 
 def _archive_members(source: ImageSource, destination: Path) -> Iterator[tuple[str, str, bytes | None]]:
-    """(member name, base name, bytes or None for non-files) in archive order, in one streaming pass."""
+    """(member name, base name, bytes or None for non-files) in archive order, in one streaming pass.
+
+    The archive is read as a stream (`r|`) through `gzip.GzipFile` rather than tarfile's own `r|gz`, because
+    GzipFile checks the CRC-32 and length at the end of the stream: a damaged download fails even where the damage
+    would still decode.
+    """
     try:
-        with tarfile.open(source.path, mode="r|gz", bufsize=READ_BUFFER) as archive:
+        with gzip.GzipFile(source.path, "rb") as unzipped, \
+                tarfile.open(fileobj=unzipped, mode="r|", bufsize=READ_BUFFER) as archive:
             for member in archive:
                 _refuse_unsafe(member, source.path, destination)
                 if not member.isfile():
@@ -133,7 +140,7 @@ def _archive_members(source: ImageSource, destination: Path) -> Iterator[tuple[s
                 base = posixpath.basename(member.name)
                 handle = archive.extractfile(member)
                 yield member.name, base, handle.read() if handle is not None else None
-    except (tarfile.TarError, EOFError, zlib.error) as error:
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
         raise DataError(f"{source.path} is truncated or damaged ({type(error).__name__}: {error}); "
                         "download it again") from None
 

@@ -67,6 +67,14 @@ def test_a_truncated_archive_is_named(updated, tmp_path):
     fails_with(updated, tmp_path / "data", "car_ims.tgz is truncated or damaged")
 
 
+def test_a_damaged_archive_fails_its_checksum_even_where_images_still_decode(updated, tmp_path):
+    archive = updated / "car_ims.tgz"
+    damaged = bytearray(archive.read_bytes())
+    damaged[-20] ^= 0x01  # inside the compressed end-of-archive padding, which no image check would see
+    archive.write_bytes(bytes(damaged))
+    fails_with(updated, tmp_path / "data", "car_ims.tgz is truncated or damaged", "CRC check failed")
+
+
 def test_a_class_id_outside_the_class_names_is_refused(updated, tmp_path):
     annos = scipy.io.loadmat(updated / "cars_annos.mat")
     annos["annotations"][0, 4]["class"] = np.array([[197]], dtype=np.uint8)
