@@ -14,6 +14,7 @@ from PIL import Image
 from prepare_helpers import ROOT, extract_archives, labels_by_pixels, make_raw
 
 import datasets.image_extraction as image_extraction
+import datasets.prepare as prepare_module
 from datasets.class_names import STANFORD_CARS_CLASS_NAMES
 from datasets.prepare import CSV_COLUMNS, labels_csv, prepare_dataset
 
@@ -186,3 +187,16 @@ def test_script_says_which_key_to_set_when_the_raw_path_is_a_placeholder(tmp_pat
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "stanford_raw_data_path" in result.stderr and "--raw-data-path" in result.stderr
+
+
+def test_the_summary_recognises_the_full_dataset_counts(caplog):
+    def table(rows: int) -> pd.DataFrame:
+        return pd.DataFrame({"class": [i % 196 + 1 for i in range(rows)]})
+
+    full = prepare_module._summary("updated", {"train": table(8144), "test": table(8041)}, 1.0, skipped=False)
+    assert (full.train_images, full.test_images, full.classes, full.is_full_dataset) == (8144, 8041, 196, True)
+    short = prepare_module._summary("updated", {"train": table(8144), "test": table(8040)}, 1.0, skipped=False)
+    assert not short.is_full_dataset
+    with caplog.at_level(logging.INFO, logger="cars"):
+        prepare_module._log_summary(full, Path("data"))
+    assert "this is the full Stanford Cars dataset" in caplog.text
