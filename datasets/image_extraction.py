@@ -28,6 +28,7 @@ from datasets.raw_layout import ImageSource
 from utils.errors import DataError
 
 IN_FLIGHT = 64  # images held in memory between the reader and the checking threads
+CHECK_THREADS = max(2, min(8, os.cpu_count() or 2))  # decode checks are the costly part: use the cores there are
 READ_BUFFER = 1 << 20  # tarfile's default 10 KiB stream buffer costs a Python call per 10 KiB
 
 
@@ -64,7 +65,7 @@ def write_image(data: bytes, destination: Path) -> None:
 class _CheckedWriter:
     """Decode-checks and writes images on worker threads, holding at most IN_FLIGHT images in memory."""
 
-    def __init__(self, report: ExtractionReport, progress: tqdm, workers: int = 2) -> None:
+    def __init__(self, report: ExtractionReport, progress: tqdm, workers: int = CHECK_THREADS) -> None:
         self.report, self.progress = report, progress
         self.pool = ThreadPoolExecutor(max_workers=workers)
         self.slots = threading.BoundedSemaphore(IN_FLIGHT)
