@@ -19,8 +19,12 @@ if str(ROOT) not in sys.path:  # the project runs from its root as scripts; test
 
 from datasets.synthetic import make_synthetic  # noqa: E402
 
+# the real annotation files, where a checkout has them beside it (never copied into the project)
+REFERENCE = next((p for p in (ROOT.parent / "shared" / "reference" / "stanford_cars_annotations",
+                              Path("/work/shared/reference/stanford_cars_annotations")) if p.is_dir()),
+                 ROOT.parent / "shared" / "reference" / "stanford_cars_annotations")
+
 TINY = {"classes": 3, "train_per_class": 3, "test_per_class": 2, "max_size": 96}
-REFERENCE = Path("/work/shared/reference/stanford_cars_annotations")
 
 Member = tuple[tarfile.TarInfo, bytes | None]
 

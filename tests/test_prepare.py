@@ -11,12 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from PIL import Image
-from prepare_helpers import ROOT, extract_archives, labels_by_pixels, make_raw
 
 import datasets.image_extraction as image_extraction
 import datasets.prepare as prepare_module
 from datasets.class_names import STANFORD_CARS_CLASS_NAMES
 from datasets.prepare import CSV_COLUMNS, labels_csv, prepare_dataset
+from tests.prepare_helpers import ROOT, extract_archives, labels_by_pixels, make_raw
 
 SCRIPT = str(ROOT / "prepare_stanford_dataset.py")
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import scipy.io
 from PIL import Image
-from prepare_helpers import Member, make_raw, rewrite_tgz
 
 from datasets.prepare import labels_csv, prepare_dataset
+from tests.prepare_helpers import Member, make_raw, rewrite_tgz
 from utils.errors import DataError
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import scipy.io
 from PIL import Image
-from prepare_helpers import REFERENCE, make_raw
 
 from datasets.class_names import STANFORD_CARS_CLASS_NAMES
 from datasets.synthetic import generate_images
+from tests.prepare_helpers import REFERENCE, make_raw
 
 needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason="real annotation files not available")
 
