@@ -49,10 +49,10 @@ def _make_synthetic(args: argparse.Namespace) -> None:
     log.info("wrote a synthetic %s-release download of %d classes to %s", args.layout, args.classes, out)
 
 
-def _path(flag_value: str | None, config: dict, key: str, flag: str) -> Path:
+def _path(flag_value: str | None, config: dict, key: str, flag: str, meaning: str) -> Path:
     value = flag_value if flag_value is not None else config[key]
     if is_placeholder(value) or not str(value).strip():
-        raise ConfigError(f"{key} is not set ({value!r}): set it in config.yml to the folder it names, "
+        raise ConfigError(f"{key} is not set (it is {value!r}): set it in config.yml to {meaning}, "
                           f"or pass {flag} DIR")
     return Path(value)
 
@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         _make_synthetic(args)
         return 0
     config = load_config(args.config)
-    raw_dir = _path(args.raw_data_path, config, "stanford_raw_data_path", "--raw-data-path")
-    data_dir = _path(args.data_path, config, "stanford_data_path", "--data-path")
+    raw_dir = _path(args.raw_data_path, config, "stanford_raw_data_path", "--raw-data-path",
+                    "the folder holding the raw Stanford Cars downloads")
+    data_dir = _path(args.data_path, config, "stanford_data_path", "--data-path", "the folder for the prepared data")
     prepare_dataset(raw_dir, data_dir, force=args.force)
     return 0
 
