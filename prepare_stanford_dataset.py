@@ -15,6 +15,7 @@ from datasets.synthetic import LAYOUTS, make_synthetic
 from utils.cli import run_main
 from utils.configuration import is_placeholder, load_config
 from utils.errors import ConfigError
+from utils.logging_setup import setup_logging
 
 log = logging.getLogger("cars")
 
@@ -58,7 +59,7 @@ def _path(flag_value: str | None, config: dict, key: str, flag: str, meaning: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging("INFO")
     args = parse_args(argv)
     if args.make_synthetic is not None:
         _make_synthetic(args)
