@@ -19,8 +19,8 @@ import argparse
 import itertools
 import logging
 import tempfile
-import warnings
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
