@@ -87,6 +87,11 @@ def _gpu_driver() -> str:
         return "unknown"
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: timings on a shared machine are only as good as its quiet."""
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
 def machine_description() -> list[str]:
     """Lines naming the hardware, the software versions, the load and the date, for the head of a table."""
     cores = len(os.sched_getaffinity(0))
@@ -97,8 +102,7 @@ def machine_description() -> list[str]:
         lines.append("GPU: none")
     lines.append(f"torch {torch.__version__}, torchvision {torchvision.__version__}, Pillow {PIL.__version__}, "
                  f"Python {platform.python_version()}")
-    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    lines.append(f"date: {datetime.date.today().isoformat()}, load average (1, 5, 15 min) at start: {load}")
+    lines.append(f"date: {datetime.date.today().isoformat()}, load average (1, 5, 15 min) at start: {load_average()}")
     return lines
 
 

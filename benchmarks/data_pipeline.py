@@ -33,7 +33,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from benchmarks.common import generate_prepared, machine_description, markdown_table, synchronize
+from benchmarks.common import generate_prepared, load_average, machine_description, markdown_table, synchronize
 from datasets.stanford_data_module import StanfordCarsDataModule
 from utils.configuration import validate
 
@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, data_path: Path, cache_dir: Path, device: torch.device) -> int:
     per_core = max(args.workers, 1)
+    machine = machine_description()  # before the run, so that the load average is the one it started under
     uncached = StanfordCarsDataModule(benchmark_config(data_path, cache_dir, False, False, args.workers,
                                                        args.batch_size))
     cached = StanfordCarsDataModule(benchmark_config(data_path, cache_dir, True, False, args.workers,
@@ -191,7 +192,8 @@ def run(args: argparse.Namespace, data_path: Path, cache_dir: Path, device: torc
         [[name, f"{rate:.1f}", f"{rate / base:.2f}x"] for name, rate in rates.items()],
     )
     print()
-    print("\n".join(machine_description()))
+    print("\n".join(machine))
+    print(f"load average (1, 5, 15 min) at end: {load_average()}")
     print(f"{args.images} images, batch {args.batch_size}, {args.workers} worker(s) (per core = / {per_core}), "
           f"median of {args.epochs} epoch(s), torch threads 1; config defaults (C-50 augmentations, 227x227)")
     print(f"one-off cache build: {build_seconds:.2f} s for {args.images + 1} images with {build_threads} "

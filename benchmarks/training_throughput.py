@@ -27,7 +27,14 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from benchmarks.common import NUM_CLASSES, generate_prepared, machine_description, markdown_table, synchronize
+from benchmarks.common import (
+    NUM_CLASSES,
+    generate_prepared,
+    load_average,
+    machine_description,
+    markdown_table,
+    synchronize,
+)
 from datasets.stanford_data_module import StanfordCarsDataModule
 from utils.configuration import validate
 
@@ -170,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     lasts = {"both": [False, True], "off": [False], "on": [True]}[args.channels_last]
     on_device = args.augment == "device" or (args.augment == "auto" and device.type == "cuda")
     settings = list(itertools.product(args.precisions, lasts, compiles))
+    machine = machine_description()  # before the run, so that the load average is the one it started under
     with tempfile.TemporaryDirectory(prefix="cars-bench-") as tmp:
         data_path = args.data_dir or Path(tmp) / "stanford"
         longest_warmup = args.warmup if args.warmup is not None else (5 if True in compiles else 2)
@@ -190,17 +198,18 @@ def main(argv: list[str] | None = None) -> int:
             train_rate, valid_rate = full_pipeline(config, device, precision, channels_last, compile, args.batches,
                                                    warmup)
             results.append((label, model_rate, train_rate, valid_rate))
-    print_report(args, config, device, on_device, results)
+    print_report(args, config, device, on_device, results, machine)
     return 0
 
 
 def print_report(args: argparse.Namespace, config: dict[str, Any], device: torch.device, on_device: bool,
-                 results: list[tuple[str, float, float, float]]) -> None:
+                 results: list[tuple[str, float, float, float]], machine: list[str]) -> None:
     base = results[0][2]
     rows = [[label, f"{model:.1f}", f"{train:.1f}", f"{train / model:.0%}", f"{valid:.1f}", f"{train / base:.2f}x",
              f"{c50_minutes(train, valid):.1f}"] for label, model, train, valid in results]
     print()
-    print("\n".join(machine_description()))
+    print("\n".join(machine))
+    print(f"load average (1, 5, 15 min) at end: {load_average()}")
     workers = config["num_workers"] if config["num_workers"] is not None else "project default"
     print(f"device {device.type}; GhostNet (output_channels {config['output_channels']}, {NUM_CLASSES} classes), "
           f"batch {args.batch_size}, {args.image_size}x{args.image_size} px, {args.batches} timed batches; "
