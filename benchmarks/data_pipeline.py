@@ -35,6 +35,7 @@ from torchvision import transforms as T
 
 from benchmarks.common import generate_prepared, load_average, machine_description, markdown_table, synchronize
 from datasets.stanford_data_module import StanfordCarsDataModule
+from utils.cli import run_main
 from utils.configuration import validate
 
 TARGET_RATIO = 3.0
@@ -214,4 +215,4 @@ def run(args: argparse.Namespace, data_path: Path, cache_dir: Path, device: torc
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

@@ -36,6 +36,7 @@ from benchmarks.common import (
     synchronize,
 )
 from datasets.stanford_data_module import StanfordCarsDataModule
+from utils.cli import run_main
 from utils.configuration import validate
 
 C50_EPOCHS, TRAIN_IMAGES, VALID_IMAGES = 129, 8144, 8041
@@ -227,4 +228,4 @@ def print_report(args: argparse.Namespace, config: dict[str, Any], device: torch
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)
