@@ -38,6 +38,7 @@ from benchmarks.common import (
 from datasets.stanford_data_module import StanfordCarsDataModule
 from utils.cli import run_main
 from utils.configuration import validate
+from utils.errors import UserError
 
 C50_EPOCHS, TRAIN_IMAGES, VALID_IMAGES = 129, 8144, 8041
 TARGET_FRACTION, TARGET_MINUTES = 0.90, 10.0
@@ -172,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_lightning()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: torch sees no CUDA GPU on this machine (use --device auto or cpu)")
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     compiles = [False, True] if args.compile == "both" or (args.compile == "auto" and device.type == "cuda") else [False]
