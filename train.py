@@ -1,21 +1,32 @@
 """Train a network on the prepared Stanford Cars data, as one YAML config describes.
 
     python train.py [--config PATH] [-d DATA_PATH] [--set KEY=VALUE ...] [--print-config] [--demo]
+                    [--resume PATH|auto]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from utils.cli import run_main
 from utils.configuration import dump_yaml, load_config
+from utils.errors import UserError
 from utils.logging_setup import setup_logging
 
 log = logging.getLogger("cars")
+
+
+class Interrupted(UserError):
+    """Training stopped by a signal; the message says how to resume."""
+
+    prefix = "interrupted"
+    exit_code = 130
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -30,75 +41,102 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--demo", action="store_true",
                         help="generate a small synthetic dataset under demo/, prepare it and train on it (CPU)")
+    parser.add_argument("--resume", default=None, metavar="PATH|auto",
+                        help="continue a run from its last.ckpt; 'auto' finds the run named by run_name, or the "
+                             "newest run with the same config (default: start a new run)")
     return parser.parse_args(argv)
 
 
-def train(config: dict[str, Any]) -> Path:
-    """Run one training as `config` describes; returns the run folder."""
+def train(config: dict[str, Any], resume: str | None = None) -> Path:
+    """Run one training as `config` describes (or continue the run of a checkpoint); returns the run folder."""
     # Heavy imports here, so that --help, --print-config and config errors answer at once.
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
     from datasets.stanford_data_module import StanfordCarsDataModule
     from models.net_module import NetModule
     from models.training_parts import check_names, early_stopping_patience
     from utils.plots import write_plots
+    from utils.resilience import GracefulInterrupt, RngStateCheckpoint, find_resume_checkpoint, run_dir_of
     from utils.run_outputs import MetricsCsvWriter, create_run_dir, write_run_config, write_summary
     from utils.trackers import build_loggers, finalize_trackers
 
     check_names(config)
+    checkpoint = find_resume_checkpoint(resume, config) if resume else None
     if config["seed"] is not None:
         pl.seed_everything(config["seed"], workers=True, verbose=False)
     data = StanfordCarsDataModule(config)
-    grayscale = config["convert_to_grayscale"]
-    device_augmentations = None
-    if config["gpu_augmentations"]:
-        device_augmentations = {"image": config["image_augmentations"] if config["augment_images"] else None,
-                                "tensor": config["tensor_augmentations"] if config["augment_tensors"] else None}
-    model = NetModule(
-        architecture=config["architecture"], num_classes=data.num_classes, img_channels=data.img_channels,
-        dropout=config["dropout"], output_channels=config["output_channels"],
-        loss_function=config["loss_function"], loss_params=config["loss_params"],
-        optimizer=config["optimizer"], optimizer_params=config["optimizer_params"],
-        lr_scheduler=config["lr_scheduler"], lr_scheduler_params=config["lr_scheduler_params"],
-        normalization=(config["normalization_params_grayscale" if grayscale else "normalization_params_rgb"]
-                       if config["normalize"] else None),
-        device_augmentations=device_augmentations, image_size=tuple(config["image_size"]),
-        class_names=data.class_names, channels_last=config["channels_last"], compile=config["compile"],
-    )
-    run_dir = create_run_dir(Path(config["output_path"]), config["run_name"], config["architecture"])
-    write_run_config(run_dir, config)
+    model = NetModule.from_config(config, data.num_classes, data.class_names)
+    if checkpoint is not None:
+        run_dir = run_dir_of(checkpoint)
+        config = {**config, "run_name": run_dir.name}
+        log.info("resuming run %s from %s", run_dir.name, checkpoint)
+    else:
+        run_dir = create_run_dir(Path(config["output_path"]), config["run_name"], config["architecture"])
+        write_run_config(run_dir, config)
     log.info("run %s: %s, %d classes, %s parameters", run_dir.name, config["architecture"], data.num_classes,
              f"{model.num_params:,}")
 
     loggers = build_loggers(config, run_dir, model)
     early_stopping = EarlyStopping(monitor="valid_loss", mode="min", patience=early_stopping_patience(config))
-    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="valid_loss",
-                                  mode="min", save_top_k=1, save_last=True, enable_version_counter=False)
+    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="valid_loss", mode="min",
+                           save_top_k=1, enable_version_counter=False)
+    # Lightning's save_last only refreshes last.ckpt when the best one changes; resuming needs every epoch's.
+    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
+                           enable_version_counter=False)
+    callbacks = [early_stopping, best, last, MetricsCsvWriter(run_dir / "metrics.csv"), RngStateCheckpoint()]
+    if loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     trainer = pl.Trainer(
         max_epochs=config["num_epochs"], accelerator=config["accelerator"], devices=config["devices"],
         num_nodes=config["num_nodes"], strategy=config["strategy"], precision=config["precision"],
-        sync_batchnorm=config["sync_batchnorm"], deterministic=config["deterministic"],
-        callbacks=[early_stopping, checkpoints, MetricsCsvWriter(run_dir / "metrics.csv")],
+        sync_batchnorm=config["sync_batchnorm"], deterministic=config["deterministic"], callbacks=callbacks,
         logger=loggers or False, default_root_dir=run_dir, num_sanity_val_steps=0, enable_model_summary=False,
     )
+    interrupt = GracefulInterrupt(trainer)
+    interrupt.install()
     started = time.monotonic()
     status = "interrupted"
     try:
-        trainer.fit(model, datamodule=data)
+        trainer.fit(model, datamodule=data, ckpt_path=checkpoint)
         status = "early_stopped" if early_stopping.stopped_epoch > 0 else "finished"
+    except (SystemExit, KeyboardInterrupt):
+        # Lightning turns a stop request into SystemExit after shutting down cleanly.
+        pass
     finally:
+        interrupt.reinstall()
         if trainer.is_global_zero:
             write_plots(run_dir / "metrics.csv", run_dir / "plots", title=run_dir.name)
             summary = write_summary(run_dir, {
-                "early_stopped": bool(early_stopping.stopped_epoch > 0),
+                "early_stopped": status == "early_stopped",
                 "num_params": model.num_params,
                 "architecture": type(model.net).__name__,
                 "wall_time_s": round(time.monotonic() - started, 1),
                 "skipped_images": data.skipped_images,
+                "status": status,
             })
             finalize_trackers(loggers, run_dir, summary, status)
+    if status == "interrupted":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            command = " ".join(shlex.quote(a) for a in [sys.executable, "train.py", *_without_resume(sys.argv[1:])])
+            raise Interrupted(f"run {run_dir} stopped; its last finished epoch is saved in {last}; continue with: "
+                              f"{command} --resume {last}")
+        raise Interrupted(f"run {run_dir} stopped before its first epoch finished; nothing to resume")
     return run_dir
+
+
+def _without_resume(args: list[str]) -> list[str]:
+    kept, skip = [], False
+    for arg in args:
+        if skip or arg.startswith("--resume="):
+            skip = False
+            continue
+        if arg == "--resume":
+            skip = True
+            continue
+        kept.append(arg)
+    return kept
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,9 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         print(dump_yaml(config), end="")
         return 0
     setup_logging(config["loglevel"], config["logging_dir"])
-    run_dir = train(config)
+    run_dir = train(config, resume=args.resume)
     if args.demo:
-        log.info("demo data: demo/raw (raw downloads, generated) -> demo/stanford (prepared)")
+        log.info("demo data: demo/raw (generated raw downloads) -> demo/stanford (prepared); "
+                 "dashboard: mlflow ui --backend-store-uri sqlite:///demo/mlruns.db")
     log.info("run folder: %s", run_dir)
     return 0
 

@@ -64,6 +64,26 @@ class NetModule(pl.LightningModule):
             for name, metric in (("loss", MeanMetric()), ("acc", MulticlassAccuracy(num_classes, average="micro")))
         })
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any], num_classes: int, class_names: list[str]) -> NetModule:
+        """The module a config describes, for a dataset of `num_classes` classes."""
+        grayscale = config["convert_to_grayscale"]
+        device_augmentations = None
+        if config["gpu_augmentations"]:
+            device_augmentations = {"image": config["image_augmentations"] if config["augment_images"] else None,
+                                    "tensor": config["tensor_augmentations"] if config["augment_tensors"] else None}
+        normalization = config["normalization_params_grayscale" if grayscale else "normalization_params_rgb"]
+        return cls(
+            architecture=config["architecture"], num_classes=num_classes, img_channels=1 if grayscale else 3,
+            dropout=config["dropout"], output_channels=config["output_channels"],
+            loss_function=config["loss_function"], loss_params=config["loss_params"],
+            optimizer=config["optimizer"], optimizer_params=config["optimizer_params"],
+            lr_scheduler=config["lr_scheduler"], lr_scheduler_params=config["lr_scheduler_params"],
+            normalization=normalization if config["normalize"] else None,
+            device_augmentations=device_augmentations, image_size=tuple(config["image_size"]),
+            class_names=class_names, channels_last=config["channels_last"], compile=config["compile"],
+        )
+
     @property
     def num_params(self) -> int:
         return sum(p.numel() for p in self.net.parameters())

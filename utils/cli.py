@@ -9,12 +9,12 @@ from utils.errors import UserError
 
 
 def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run `main(argv)` and exit with its return code; a `UserError` prints one line and exits with 2."""
+    """Run `main(argv)` and exit with its return code; a `UserError` prints one line and exits with its code (2)."""
     try:
         code = main(argv)
     except UserError as error:
         print(str(error), file=sys.stderr)
-        sys.exit(2)
+        sys.exit(error.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -5,6 +5,7 @@ class UserError(Exception):
     """A mistake in the user's input (config, data, command line), reported as one line with exit code 2."""
 
     prefix = "error"
+    exit_code = 2
 
     def __str__(self) -> str:
         return f"{self.prefix}: {super().__str__()}"

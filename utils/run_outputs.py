@@ -72,7 +72,8 @@ class MetricsCsvWriter(Callback):
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # on_train_start, not on_fit_start: only then has a resumed run's epoch counter been restored.
         if not trainer.is_global_zero:
             return
         if self.path.exists():
@@ -101,7 +102,9 @@ def summarize(metrics_csv: Path, extras: dict[str, Any]) -> dict[str, Any]:
         "min_train_loss": None, "min_valid_loss": None, "max_train_acc": None, "max_valid_acc": None,
         "best_epoch": None, "epochs_run": int(len(metrics)),
     }
-    if len(metrics):
+    finite = metrics.dropna(subset=["valid_loss"])
+    if len(finite):
+        metrics = finite
         summary.update(
             min_train_loss=float(metrics["train_loss"].min()),
             min_valid_loss=float(metrics["valid_loss"].min()),

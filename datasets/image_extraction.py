@@ -1,0 +1,172 @@
+"""Copy the annotated images out of one archive (a single streaming pass) or one extracted folder, checking each.
+
+Only members whose base name is annotated are written, each to a path this module builds itself
+(`<split folder>/<base name>`), so nothing can land outside the data folder; members with absolute paths, `..`,
+links or devices make the run fail (tarfile's `data` filter, plus a refusal of anything it would only rewrite).
+Decode checks and writes run in a small thread pool: Pillow's decoder, zlib and file writes release the GIL, so
+decompression and checking overlap as `tar` and `gzip` do in a shell pipe.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tarfile
+import threading
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from datasets.raw_layout import ImageSource
+from utils.errors import DataError
+
+IN_FLIGHT = 64  # images held in memory between the reader and the checking threads
+READ_BUFFER = 1 << 20  # tarfile's default 10 KiB stream buffer costs a Python call per 10 KiB
+
+
+@dataclass
+class ExtractionReport:
+    """What one source held: annotated base names read and written, and the names of what did not fit."""
+
+    seen: set[str] = field(default_factory=set)
+    written: set[str] = field(default_factory=set)
+    unannotated: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    undecodable: list[str] = field(default_factory=list)
+
+
+def decode_error(data: bytes) -> str | None:
+    """Why `data` is not a complete image, or None. JPEGs decode at 1/8 scale (`draft`): the decoder still reads
+    every entropy-coded byte, so truncated or corrupt files fail, at a fraction of a full decode's cost."""
+    try:
+        with Image.open(BytesIO(data)) as image:
+            if image.format == "JPEG":
+                image.draft(None, (1, 1))
+            image.load()
+    except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError... for broken files
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def write_image(data: bytes, destination: Path) -> None:
+    """Write the image bytes as they are (no re-encoding)."""
+    with open(destination, "wb") as handle:
+        handle.write(data)
+
+
+class _CheckedWriter:
+    """Decode-checks and writes images on worker threads, holding at most IN_FLIGHT images in memory."""
+
+    def __init__(self, report: ExtractionReport, progress: tqdm, workers: int = 2) -> None:
+        self.report, self.progress = report, progress
+        self.pool = ThreadPoolExecutor(max_workers=workers)
+        self.slots = threading.BoundedSemaphore(IN_FLIGHT)
+        self.lock = threading.Lock()
+        self.failure: BaseException | None = None
+
+    def submit(self, name: str, base: str, data: bytes, destination: Path) -> None:
+        if self.failure is not None:
+            raise self.failure
+        self.slots.acquire()
+        future = self.pool.submit(self._check_and_write, name, base, data, destination)
+        future.add_done_callback(self._done)
+
+    def _check_and_write(self, name: str, base: str, data: bytes, destination: Path) -> None:
+        error = decode_error(data)
+        if error is None:
+            write_image(data, destination)
+        with self.lock:
+            if error is None:
+                self.report.written.add(base)
+            else:
+                self.report.undecodable.append(f"{name} ({error})")
+            self.progress.update(1)
+
+    def _done(self, future: Future) -> None:
+        self.slots.release()
+        if not future.cancelled() and future.exception() is not None and self.failure is None:
+            self.failure = future.exception()
+
+    def close(self, cancel: bool = False) -> None:
+        """Wait for the queued images (or drop them when `cancel`); re-raise a worker's failure unless cancelled."""
+        self.pool.shutdown(wait=True, cancel_futures=cancel)
+        if not cancel and self.failure is not None:
+            raise self.failure
+
+
+def _refuse_unsafe(member: tarfile.TarInfo, archive: Path, destination: Path) -> None:
+    """DataError for members a crafted archive would use to write elsewhere; we never extract them."""
+    name = member.name
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":"):
+        raise DataError(f"{archive} holds the unsafe member {name!r} (absolute path or '..'); it is not a Stanford "
+                        "Cars download, refusing to use it")
+    if not (member.isfile() or member.isdir()):
+        raise DataError(f"{archive} holds {name!r}, a link or device rather than a file; it is not a Stanford Cars "
+                        "download, refusing to use it")
+    try:
+        tarfile.data_filter(member, str(destination))
+    except tarfile.FilterError as error:
+        raise DataError(f"{archive} holds the unsafe member {name!r} ({error}); refusing to use it") from None
+
+
+def _archive_members(source: ImageSource, destination: Path) -> Iterator[tuple[str, str, bytes | None]]:
+    """(member name, base name, bytes or None for non-files) in archive order, in one streaming pass."""
+    try:
+        with tarfile.open(source.path, mode="r|gz", bufsize=READ_BUFFER) as archive:
+            for member in archive:
+                _refuse_unsafe(member, source.path, destination)
+                if not member.isfile():
+                    continue
+                base = posixpath.basename(member.name)
+                handle = archive.extractfile(member)
+                yield member.name, base, handle.read() if handle is not None else None
+    except (tarfile.TarError, EOFError, zlib.error) as error:
+        raise DataError(f"{source.path} is truncated or damaged ({type(error).__name__}: {error}); "
+                        "download it again") from None
+
+
+def _folder_members(source: ImageSource) -> Iterator[tuple[str, str, bytes | None]]:
+    """(path, base name, bytes) of the files of an extracted folder, in name order."""
+    with os.scandir(source.path) as entries:
+        files = sorted(entry.name for entry in entries if entry.is_file())
+    for name in files:
+        yield str(source.path / name), name, None
+
+
+def extract_images(source: ImageSource, wanted: dict[str, Path], destination: Path, label: str) -> ExtractionReport:
+    """Write each annotated image of `source` (base name -> target path in `wanted`) after a decode check.
+
+    Everything is read once, in order; the report lists what was unannotated, duplicated or undecodable.
+    """
+    report = ExtractionReport()
+    members = _archive_members(source, destination) if source.is_archive else _folder_members(source)
+    with tqdm(total=len(wanted), desc=label, unit="img", disable=None) as progress:
+        writer = _CheckedWriter(report, progress)
+        try:
+            for name, base, data in members:
+                target = wanted.get(base)
+                if target is None:
+                    if base.lower().endswith(".jpg"):
+                        report.unannotated.append(name)
+                    continue
+                if base in report.seen:
+                    report.duplicates.append(name)
+                    continue
+                report.seen.add(base)
+                if data is None:
+                    data = Path(name).read_bytes()
+                writer.submit(name, base, data, target)
+        except BaseException:
+            writer.close(cancel=True)  # the reader's own error is the one to report
+            raise
+        writer.close()
+    if len(report.written) + len(report.undecodable) != len(report.seen):
+        raise RuntimeError(f"{len(report.seen)} images read from {source} but only {len(report.written)} written")
+    return report

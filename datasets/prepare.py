@@ -1,0 +1,213 @@
+"""Raw Stanford Cars downloads (either release) -> `train/`, `test/`, `train_labels.csv`, `test_labels.csv`.
+
+The label CSVs are written last, each through a temporary file and a rename: a data folder holding both is
+complete, one without them is not (an interrupted run is simply run again). A complete folder is left alone
+unless `force` is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from datasets import mat_annotations as mat
+from datasets.image_extraction import ExtractionReport, extract_images
+from datasets.raw_layout import ORIGINAL, UPDATED, RawLayout, detect_layout
+from utils.errors import DataError
+
+log = logging.getLogger("cars")
+
+SPLITS = ("train", "test")
+CSV_COLUMNS = ["image_fname", "class", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class_name"]
+FULL_DATASET = {"train": 8144, "test": 8041, "classes": 196}
+SHOWN = 5  # names listed in an error before "... (N in all)"
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+@dataclass
+class PrepareSummary:
+    """What `prepare_dataset` did (or found already done)."""
+
+    layout: str
+    train_images: int
+    test_images: int
+    classes: int
+    seconds: float
+    skipped_because_complete: bool
+    is_full_dataset: bool
+
+
+def labels_csv(data_dir: Path, split: str) -> Path:
+    """`<data_dir>/<split>_labels.csv`."""
+    return Path(data_dir) / f"{split}_labels.csv"
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(names[:SHOWN])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > SHOWN else "")
+
+
+def _class_names(layout: RawLayout, annos_mat: dict | None) -> list[str]:
+    """From the devkit's cars_meta.mat; cars_annos.mat's own `class_names` (the same list) when there is no devkit."""
+    if layout.meta is not None:
+        return mat.read_class_names(layout.meta.read_bytes(), str(layout.meta))
+    assert annos_mat is not None
+    return mat.class_names_from(annos_mat, str(layout.annotations["annos"]))
+
+
+def _annotation_frames(layout: RawLayout) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """Per split: image_fname (base name), class, bboxes; plus the class names."""
+    if layout.name == UPDATED:
+        source = layout.annotations["annos"]
+        annos_mat = mat.load_mat(source.read_bytes(), str(source))
+        table = mat.updated_annotations(annos_mat, str(source))
+        table["image_fname"] = table["relative_im_path"].map(lambda p: p.replace("\\", "/").rsplit("/", 1)[-1])
+        frames = {"train": table[table["test"] == 0], "test": table[table["test"] == 1]}
+        names = _class_names(layout, annos_mat)
+    else:
+        frames = {}
+        for split in SPLITS:
+            source = layout.annotations[split]
+            table = mat.original_annotations(mat.load_mat(source.read_bytes(), str(source)), str(source))
+            frames[split] = table.rename(columns={"fname": "image_fname"})
+        names = _class_names(layout, None)
+    return frames, names
+
+
+def expected_tables(layout: RawLayout) -> dict[str, pd.DataFrame]:
+    """The label tables (CSV_COLUMNS, sorted by image_fname) the raw annotations call for, after checking them."""
+    frames, names = _annotation_frames(layout)
+    tables = {}
+    for split, frame in frames.items():
+        source = layout.annotations["annos" if layout.name == UPDATED else split]
+        unsafe = [n for n in frame["image_fname"] if not SAFE_NAME.fullmatch(n)]
+        if unsafe:
+            raise DataError(f"{source}: image names must be plain file names; not so: {_listing(unsafe)}")
+        outside = frame[(frame["class"] < 1) | (frame["class"] > len(names))]
+        if len(outside):
+            found = [f"{row.image_fname} (class {row['class']})" for _, row in outside.iterrows()]
+            raise DataError(f"{source}: class ids must be 1..{len(names)} (the class names of "
+                            f"{layout.meta or source}); outside it: {_listing(found)}")
+        table = frame.copy()
+        table["class_name"] = [names[c - 1] for c in table["class"]]
+        tables[split] = table[CSV_COLUMNS].sort_values("image_fname").reset_index(drop=True)
+    for split, table in tables.items():
+        names_in = table["image_fname"]
+        twice = sorted(set(names_in[names_in.duplicated()]))
+        if twice:
+            raise DataError(f"the {split} annotations list some images more than once: {_listing(twice)}")
+    if layout.name == UPDATED:
+        both = sorted(set(tables["train"]["image_fname"]) & set(tables["test"]["image_fname"]))
+        if both:
+            raise DataError(f"{layout.annotations['annos']}: images both in train and test: {_listing(both)}")
+    return tables
+
+
+def _csv_text(table: pd.DataFrame) -> str:
+    return table.to_csv(index=False, lineterminator="\n")
+
+
+def is_complete(data_dir: Path, tables: dict[str, pd.DataFrame]) -> bool:
+    """True when both CSVs hold exactly `tables` and every image they list is present."""
+    for split, table in tables.items():
+        csv = labels_csv(data_dir, split)
+        if not csv.is_file() or csv.read_text(encoding="utf-8") != _csv_text(table):
+            return False
+        folder = Path(data_dir) / split
+        if not all((folder / name).is_file() for name in table["image_fname"]):
+            return False
+    return True
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", encoding="utf-8", newline="") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _wanted(layout: RawLayout, tables: dict[str, pd.DataFrame], data_dir: Path) -> dict[str, dict[str, Path]]:
+    """Per image source: base name -> where the image goes."""
+    def targets(split: str) -> dict[str, Path]:
+        return {name: data_dir / split / name for name in tables[split]["image_fname"]}
+
+    if layout.name == ORIGINAL:
+        return {split: targets(split) for split in SPLITS}
+    return {"all": {**targets("train"), **targets("test")}}
+
+
+def _check_reports(reports: dict[str, tuple[ExtractionReport, dict[str, Path]]], layout: RawLayout) -> None:
+    """One DataError listing every problem the extraction found."""
+    problems = []
+    for key, (report, wanted) in reports.items():
+        source = layout.images[key]
+        missing = sorted(set(wanted) - report.seen)
+        if missing:
+            problems.append(f"{len(missing)} annotated image(s) missing from {source}: {_listing(missing)}")
+        if report.unannotated:
+            problems.append(f"{len(report.unannotated)} image(s) in {source} without annotation: "
+                            f"{_listing(sorted(report.unannotated))}")
+        if report.duplicates:
+            problems.append(f"image(s) present more than once in {source}: {_listing(report.duplicates)}")
+        if report.undecodable:
+            problems.append(f"{len(report.undecodable)} image(s) in {source} do not decode: "
+                            f"{_listing(sorted(report.undecodable))}")
+    if problems:
+        raise DataError("; ".join(problems) + "; the data folder was left incomplete (no label CSVs)")
+
+
+def _summary(layout: str, tables: dict[str, pd.DataFrame], seconds: float, skipped: bool) -> PrepareSummary:
+    classes = len(set(tables["train"]["class"]) | set(tables["test"]["class"]))
+    full = (len(tables["train"]), len(tables["test"]), classes) == tuple(FULL_DATASET.values())
+    return PrepareSummary(layout, len(tables["train"]), len(tables["test"]), classes, round(seconds, 2), skipped, full)
+
+
+def _log_summary(summary: PrepareSummary, data_dir: Path) -> None:
+    counts = (f"{summary.train_images} train and {summary.test_images} test images of {summary.classes} classes "
+              f"({summary.layout} release)")
+    if summary.skipped_because_complete:
+        log.info("%s is already complete: %s; nothing to do (use --force to prepare it again)", data_dir, counts)
+    else:
+        log.info("prepared %s in %s in %.1f s", counts, data_dir, summary.seconds)
+    if summary.is_full_dataset:
+        log.info("this is the full Stanford Cars dataset (8,144 train / 8,041 test images, 196 classes)")
+    else:
+        log.warning("this is not the full Stanford Cars dataset (which has 8,144 train / 8,041 test images of "
+                    "196 classes)")
+
+
+def prepare_dataset(raw_dir: Path, data_dir: Path, force: bool = False) -> PrepareSummary:
+    """Prepare `data_dir` from the raw downloads in `raw_dir`; a complete `data_dir` is kept unless `force`."""
+    start = time.perf_counter()
+    raw_dir, data_dir = Path(raw_dir), Path(data_dir)
+    layout = detect_layout(raw_dir)
+    log.info("raw data in %s: %s release", raw_dir, layout.name)
+    tables = expected_tables(layout)
+    if not force and is_complete(data_dir, tables):
+        summary = _summary(layout.name, tables, time.perf_counter() - start, skipped=True)
+        _log_summary(summary, data_dir)
+        return summary
+
+    for split in SPLITS:
+        # the CSVs mark a complete folder: they go first and come back last
+        labels_csv(data_dir, split).unlink(missing_ok=True)
+        (data_dir / split).mkdir(parents=True, exist_ok=True)
+    reports = {}
+    for key, wanted in _wanted(layout, tables, data_dir).items():
+        source = layout.images[key]
+        label = source.path.name
+        reports[key] = (extract_images(source, wanted, data_dir, label), wanted)
+    _check_reports(reports, layout)
+    for split in SPLITS:
+        _write_atomically(labels_csv(data_dir, split), _csv_text(tables[split]))
+    summary = _summary(layout.name, tables, time.perf_counter() - start, skipped=False)
+    _log_summary(summary, data_dir)
+    return summary

@@ -1,0 +1,74 @@
+"""Prepare Stanford Cars for training: raw downloads (either release) -> train/, test/ and the label CSVs.
+
+Also writes a small synthetic raw download (--make-synthetic DIR) for tests and demos without the real data.
+See documentation/dataset.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from datasets.prepare import prepare_dataset
+from datasets.synthetic import LAYOUTS, make_synthetic
+from utils.cli import run_main
+from utils.configuration import is_placeholder, load_config
+from utils.errors import ConfigError
+
+log = logging.getLogger("cars")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=None,
+                        help="config file (default: config.yml, else config_template.yml)")
+    parser.add_argument("--raw-data-path", default=None,
+                        help="folder of the raw downloads (default: stanford_raw_data_path of the config)")
+    parser.add_argument("--data-path", default=None,
+                        help="folder to prepare (default: stanford_data_path of the config)")
+    parser.add_argument("--force", action="store_true", help="prepare again even when the data folder is complete")
+    synthetic = parser.add_argument_group("synthetic data")
+    synthetic.add_argument("--make-synthetic", metavar="DIR", default=None,
+                           help="write a synthetic raw download into DIR instead of preparing data")
+    synthetic.add_argument("--layout", choices=LAYOUTS, default="updated", help="release to imitate (default: updated)")
+    synthetic.add_argument("--classes", type=int, default=10, help="number of classes (default: 10)")
+    synthetic.add_argument("--train-per-class", type=int, default=6, help="train images per class (default: 6)")
+    synthetic.add_argument("--test-per-class", type=int, default=4, help="test images per class (default: 4)")
+    synthetic.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    return parser.parse_args(argv)
+
+
+def _make_synthetic(args: argparse.Namespace) -> None:
+    if not 1 <= args.classes <= 196:
+        raise ConfigError(f"--classes is {args.classes}; expected 1..196")
+    if args.train_per_class < 1 or args.test_per_class < 1:
+        raise ConfigError("--train-per-class and --test-per-class must be at least 1")
+    out = make_synthetic(Path(args.make_synthetic), layout=args.layout, classes=args.classes,
+                         train_per_class=args.train_per_class, test_per_class=args.test_per_class, seed=args.seed)
+    log.info("wrote a synthetic %s-release download of %d classes to %s", args.layout, args.classes, out)
+
+
+def _path(flag_value: str | None, config: dict, key: str, flag: str) -> Path:
+    value = flag_value if flag_value is not None else config[key]
+    if is_placeholder(value) or not str(value).strip():
+        raise ConfigError(f"{key} is not set ({value!r}): set it in config.yml to the folder it names, "
+                          f"or pass {flag} DIR")
+    return Path(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    if args.make_synthetic is not None:
+        _make_synthetic(args)
+        return 0
+    config = load_config(args.config)
+    raw_dir = _path(args.raw_data_path, config, "stanford_raw_data_path", "--raw-data-path")
+    data_dir = _path(args.data_path, config, "stanford_data_path", "--data-path")
+    prepare_dataset(raw_dir, data_dir, force=args.force)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

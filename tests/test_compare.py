@@ -1,0 +1,61 @@
+"""models.compare: GhostNet's cost matches its paper, and the table has one row per architecture."""
+
+import pytest
+
+from models.arch_dict import get_architectures_dictionary
+from models.compare import main, measure
+from utils.errors import ConfigError
+
+
+def test_ghostnet_at_224_px_and_1000_classes_costs_what_the_paper_says():
+    cost = measure("ghost", (224, 224), num_classes=1000, runs=1)
+    assert cost.macs == pytest.approx(141e6, rel=0.03)  # GhostNet paper, Table 7: 141 M FLOPs (multiply-adds)
+    assert cost.params == pytest.approx(5.18e6, rel=0.005)
+    assert cost.weights_mb == pytest.approx(cost.params * 4 / 1e6)
+    assert cost.latency_ms > 0
+
+
+def test_mobilenet_v2_macs_match_its_paper():
+    assert measure("mob_v2", (224, 224), runs=1).macs == pytest.approx(300e6, rel=0.03)  # MobileNetV2 paper: 300 M
+
+
+def test_table_file_has_a_header_and_one_row_per_requested_architecture(tmp_path, capsys):
+    output = tmp_path / "table.md"
+    main(
+        [
+            "--image-size",
+            "64",
+            "64",
+            "--num-classes",
+            "10",
+            "--runs",
+            "1",
+            "--architectures",
+            "ghost",
+            "sq_11",
+            "--output",
+            str(output),
+        ]
+    )
+    text = output.read_text()
+    assert "Input 64x64 RGB, 10 classes" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| architecture")]
+    assert [row.split("|")[1].strip() for row in rows] == ["ghost", "sq_11"]
+    assert text.strip() in capsys.readouterr().out
+
+
+def test_image_smaller_than_an_architecture_accepts_is_a_config_error():
+    with pytest.raises(ConfigError, match="too small for hard_68"):
+        main(["--image-size", "16", "16", "--architectures", "ghost", "hard_68"])
+
+
+def test_unknown_architecture_is_a_config_error():
+    with pytest.raises(ConfigError, match="architecture 'gost'"):
+        main(["--architectures", "gost"])
+
+
+@pytest.mark.slow
+def test_default_table_covers_every_registered_architecture(capsys):
+    main(["--image-size", "32", "32", "--runs", "1"])
+    rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[1:] == list(get_architectures_dictionary())

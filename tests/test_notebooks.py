@@ -1,0 +1,112 @@
+"""The notebooks run top to bottom with nbclient, parameters injected after the `parameters` cell as papermill does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pandas as pd
+import pytest
+import yaml
+from jupyter_client.kernelspec import find_kernel_specs
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from datasets.normalization import compute_normalization, format_for_config
+from tests.conftest import write_prepared
+from tests.helpers import ROOT, generated_prepared_data, tiny_config
+
+KERNEL = "python3"
+
+pytestmark = pytest.mark.skipif(KERNEL not in find_kernel_specs(),
+                                reason="no 'python3' Jupyter kernel: pip install ipykernel (dev_requirements.txt)")
+
+
+def with_parameters(path: Path, parameters: dict[str, Any]) -> nbformat.NotebookNode:
+    """The notebook with a cell of `parameters` right after its cell tagged `parameters` (papermill's convention)."""
+    notebook = nbformat.read(path, as_version=4)
+    tagged = [i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
+    assert notebook.cells[tagged[0]].cell_type == "code"
+    assert all(cell.cell_type != "code" for cell in notebook.cells[:tagged[0]]), "parameters must be the first code"
+    source = "\n".join(f"{name} = {value!r}" for name, value in parameters.items())
+    injected = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
+    notebook.cells.insert(tagged[0] + 1, injected)
+    return notebook
+
+
+def execute(notebook: nbformat.NotebookNode, cwd: Path, timeout: int = 300) -> nbformat.NotebookNode:
+    # jupyter_client starts a kernel spec whose argv is "python" with this interpreter (sys.executable).
+    NotebookClient(notebook, kernel_name=KERNEL, timeout=timeout, resources={"metadata": {"path": str(cwd)}}).execute()
+    return notebook
+
+
+def stdout_of(notebook: nbformat.NotebookNode) -> str:
+    return "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                   for output in cell.get("outputs", []) if output.get("name") == "stdout")
+
+
+def test_normalization_notebook_prints_the_library_values_in_config_format(tmp_path: Path) -> None:
+    data = write_prepared(tmp_path / "stanford", classes=2, train_per_class=3, test_per_class=1)
+    notebook = with_parameters(ROOT / "notebooks" / "normalization_coeffs.ipynb",
+                               {"DATA_PATH": str(data), "IMAGE_SIZE": [24, 32]})
+    # Run from notebooks/ as Jupyter would: the notebook must find the project's library on its own.
+    printed = stdout_of(execute(notebook, ROOT / "notebooks"))
+    expected = format_for_config(compute_normalization(data, (24, 32), grayscale=False),
+                                 compute_normalization(data, (24, 32), grayscale=True))
+    assert expected in printed
+    assert yaml.safe_load(expected)["normalization_params_grayscale"]["std"][0] > 0
+
+
+def colab_parameters(tmp_path: Path) -> tuple[dict[str, Any], Path]:
+    """Notebook parameters for a one-epoch CPU run on generated data; returns them and the output folder."""
+    data = generated_prepared_data(tmp_path / "data")
+    config = tiny_config(tmp_path, data, name="tiny.yml", num_epochs=1)
+    output = tmp_path / "elsewhere"
+    return {
+        "local_project_wdir": str(ROOT),
+        "DATA_ON_COLAB": False,
+        "CONFIG_PATH": str(config),
+        "EXTRA_ARGS": ["-d", str(data), "--set", f"output_path={output}"],
+    }, output
+
+
+@pytest.mark.slow  # a kernel plus a training run: ~40 s on 2 busy cores
+def test_train_colab_notebook_trains_outside_colab_and_writes_metrics(tmp_path: Path) -> None:
+    parameters, output = colab_parameters(tmp_path)
+    # Started outside the project on purpose: the notebook must change to the project folder itself.
+    printed = stdout_of(execute(with_parameters(ROOT / "train_colab.ipynb", parameters), tmp_path, timeout=600))
+    run_dirs = [path.parent for path in output.glob("*/metrics.csv")]
+    assert len(run_dirs) == 1, printed[-3000:]
+    assert len(pd.read_csv(run_dirs[0] / "metrics.csv")) == 1  # one epoch, as the config and EXTRA_ARGS asked
+    assert "running outside Colab" in printed
+    assert f"run folder: {run_dirs[0]}" in printed  # train.py's own output was streamed into the notebook
+    assert "--resume" not in printed  # nothing to resume the first time
+
+
+@pytest.mark.slow
+def test_train_colab_notebook_rerun_resumes_a_run_cut_off_by_a_disconnect(tmp_path: Path) -> None:
+    parameters, output = colab_parameters(tmp_path)
+    execute(with_parameters(ROOT / "train_colab.ipynb", parameters), tmp_path, timeout=600)
+    run_dirs = [path.parent for path in output.glob("*/metrics.csv")]
+    assert len(run_dirs) == 1
+    # A disconnect kills train.py before it writes summary.json: rerunning the notebook continues that run.
+    (run_dirs[0] / "summary.json").unlink()
+    printed = stdout_of(execute(with_parameters(ROOT / "train_colab.ipynb", parameters), tmp_path, timeout=600))
+    assert "--resume auto" in printed and f"resuming run {run_dirs[0].name}" in printed, printed[-3000:]
+    assert [path.parent for path in output.glob("*/metrics.csv")] == run_dirs
+    assert json.loads((run_dirs[0] / "summary.json").read_text())["status"] == "finished"
+
+
+def test_train_colab_notebook_fails_the_cell_with_train_py_exit_code(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yml"
+    config.write_text("num_epochs: -1\n")
+    notebook = with_parameters(ROOT / "train_colab.ipynb", {
+        "local_project_wdir": str(ROOT), "DATA_ON_COLAB": False, "CONFIG_PATH": str(config), "RESUME": False,
+    })
+    with pytest.raises(CellExecutionError, match="exited with code 2"):
+        execute(notebook, tmp_path)
+    printed = stdout_of(notebook)
+    assert "config error" in printed and "num_epochs" in printed  # train.py's own message reached the notebook

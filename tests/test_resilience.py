@@ -1,0 +1,114 @@
+"""Interrupting and resuming runs, deterministic reruns, and finding the checkpoint to resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.helpers import ROOT, generated_prepared_data, run_train, tiny_config
+from utils.configuration import validate
+from utils.errors import ConfigError
+from utils.resilience import find_resume_checkpoint
+
+EPOCHS = 5
+RECIPE = {"num_epochs": EPOCHS, "seed": 7, "lr_scheduler": "MultiStepLR",
+          "lr_scheduler_params": {"gamma": 0.1, "milestones": [3, 4]}}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generated_prepared_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data: Path, tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    result = run_train(["--config", str(tiny_config(folder, data, run_name="whole", **RECIPE))], cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return pd.read_csv(folder / "output" / "whole" / "metrics.csv")
+
+
+def rows(metrics_csv: Path) -> int:
+    try:
+        return max(0, len(metrics_csv.read_text().strip().splitlines()) - 1)
+    except FileNotFoundError:
+        return 0
+
+
+def test_sigterm_then_resume_gives_contiguous_epochs_and_the_uninterrupted_metrics(
+        data: Path, tmp_path: Path, uninterrupted: pd.DataFrame) -> None:
+    config = tiny_config(tmp_path, data, run_name="cut", **RECIPE)
+    run_dir = tmp_path / "output" / "cut"
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--config", str(config)], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 300
+    while rows(run_dir / "metrics.csv") < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode != 0
+    assert "--resume" in stderr and "Traceback" not in stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["epochs_run"] < EPOCHS
+    assert (run_dir / "plots" / "loss.png").is_file()
+
+    resumed = run_train(["--config", str(config), "--resume", "auto"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert metrics["epoch"].tolist() == list(range(EPOCHS))
+    assert metrics["lr"].tolist() == pytest.approx([1e-3, 1e-3, 1e-3, 1e-4, 1e-5])
+    # Same seed, num_workers 0 and the RNG state restored from the checkpoint: the same numbers as one whole run.
+    pd.testing.assert_frame_equal(metrics, uninterrupted, check_exact=False, rtol=1e-5)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+
+
+def test_two_runs_with_the_same_seed_write_identical_metrics(data: Path, tmp_path: Path,
+                                                              uninterrupted: pd.DataFrame) -> None:
+    config = tiny_config(tmp_path, data, run_name="again", deterministic=True, **RECIPE)
+    result = run_train(["--config", str(config)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    again = pd.read_csv(tmp_path / "output" / "again" / "metrics.csv")
+    pd.testing.assert_frame_equal(again, uninterrupted, check_exact=True)
+
+
+def make_run(output: Path, name: str, config: dict, last: bool = True) -> Path:
+    from utils.configuration import dump_yaml
+
+    run_dir = output / name
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yml").write_text(dump_yaml(config))
+    if last:
+        (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"ckpt")
+    return run_dir
+
+
+def test_resume_auto_picks_the_newest_run_with_the_same_recipe(tmp_path: Path) -> None:
+    config = validate({"output_path": str(tmp_path), "num_epochs": 10})
+    older = make_run(tmp_path, "ghost_1", config)
+    time.sleep(0.01)
+    newer = make_run(tmp_path, "ghost_2", {**config, "num_epochs": 20})  # more epochs: still the same recipe
+    time.sleep(0.01)
+    make_run(tmp_path, "ghost_3", {**config, "dropout": 0.5})  # another recipe
+    os.utime(older / "checkpoints" / "last.ckpt", (1, 1))
+    assert find_resume_checkpoint("auto", config) == newer / "checkpoints" / "last.ckpt"
+    assert find_resume_checkpoint("auto", {**config, "run_name": "ghost_1"}) == older / "checkpoints" / "last.ckpt"
+
+
+def test_resume_errors_are_clear(tmp_path: Path) -> None:
+    config = validate({"output_path": str(tmp_path)})
+    with pytest.raises(ConfigError, match="no run folder under .* has a last.ckpt"):
+        find_resume_checkpoint("auto", config)
+    with pytest.raises(ConfigError, match="no such checkpoint file"):
+        find_resume_checkpoint(str(tmp_path / "missing.ckpt"), config)
+    with pytest.raises(ConfigError, match="run 'nope' has no"):
+        find_resume_checkpoint("auto", {**config, "run_name": "nope"})

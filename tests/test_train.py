@@ -1,0 +1,141 @@
+"""train.py end to end on generated data: the run folder contract, the LR schedule, early stopping, user errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from tests.helpers import ROOT, generated_prepared_data, run_train, tiny_config
+from utils.run_outputs import METRIC_COLUMNS
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generated_prepared_data(tmp_path_factory.mktemp("data"))
+
+
+def test_training_writes_the_run_folder_contract_and_drops_lr_at_milestones(data: Path, tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, data, num_epochs=3, lr_scheduler="MultiStepLR",
+                         lr_scheduler_params={"gamma": 0.1, "milestones": [1, 2]},
+                         neptune_api_token="secret-token-123")
+    result = run_train(["--config", str(config)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dir = Path(result.stdout.strip().splitlines()[-1].removeprefix("run folder: "))
+    assert run_dir.parent == tmp_path / "output" and run_dir.name.startswith("ghost_")
+
+    saved = yaml.safe_load((run_dir / "config.yml").read_text())
+    assert saved["neptune_api_token"] == "***" and saved["num_epochs"] == 3
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert list(metrics.columns) == METRIC_COLUMNS
+    assert list(metrics["epoch"]) == [0, 1, 2]
+    assert metrics["lr"].tolist() == pytest.approx([1e-3, 1e-4, 1e-5])
+    assert metrics[["train_acc", "valid_acc"]].stack().between(0, 1).all()
+    for name in ("best.ckpt", "last.ckpt"):
+        assert (run_dir / "checkpoints" / name).is_file()
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 2 and "secret-token-123" not in json.dumps(last["hyper_parameters"], default=str)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epochs_run"] == 3 and summary["early_stopped"] is False
+    assert summary["architecture"] == "GhostNet" and summary["num_params"] > 1_000_000
+    assert summary["max_valid_acc"] == pytest.approx(metrics["valid_acc"].max())
+    assert summary["min_valid_loss"] == pytest.approx(metrics["valid_loss"].min())
+    assert summary["best_epoch"] == int(metrics.loc[metrics["valid_loss"].idxmin(), "epoch"])
+    assert {p.name for p in (run_dir / "plots").iterdir()} == {"loss.png", "accuracy.png", "lr.png"}
+    assert "secret-token-123" not in result.stdout + result.stderr
+    assert list((tmp_path / "logs").glob("*.log"))
+
+
+def test_early_stopping_stops_after_the_patience(data: Path, tmp_path: Path) -> None:
+    # A high learning rate makes the validation loss stop improving; the run must stop exactly where the rule says
+    # (a non-finite loss stops it at once).
+    patience = 1
+    config = tiny_config(tmp_path, data, num_epochs=10, early_stopping_patience=patience,
+                         optimizer_params={"lr": 0.05}, lr_scheduler=None)
+    result = run_train(["--config", str(config)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dir = next((tmp_path / "output").iterdir())
+    losses = pd.read_csv(run_dir / "metrics.csv")["valid_loss"].tolist()
+    best, stop, waited = float("inf"), None, 0
+    for epoch, loss in enumerate(losses):
+        if loss != loss:
+            stop = epoch
+            break
+        waited = 0 if loss < best else waited + 1
+        best = min(best, loss)
+        if waited >= patience:
+            stop = epoch
+            break
+    assert stop is not None, f"validation loss kept improving: {losses}"
+    assert len(losses) == stop + 1
+    assert json.loads((run_dir / "summary.json").read_text())["early_stopped"] is True
+
+
+def test_run_name_is_made_unique_when_taken(data: Path, tmp_path: Path, monkeypatch) -> None:
+    from utils.run_outputs import create_run_dir
+
+    first = create_run_dir(tmp_path, None, "ghost")
+    second = create_run_dir(tmp_path, None, "ghost")
+    assert first != second and second.name.startswith(first.name)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["batchsize=3"], "unknown key 'batchsize'.*'batch_size'"),
+    (["num_epochs=two"], "num_epochs .* expected a positive integer"),
+    (["architecture=ghostnet"], "architecture 'ghostnet' is not in models/arch_dict.py.*valid names: .*ghost"),
+    (["loss_function=CrossEntropy"], "loss_function 'CrossEntropy' .*'CrossEntropyLoss'"),
+    (["optimizer=AdamX"], "optimizer 'AdamX' is not in torch.optim.*'Adam'"),
+    (["lr_scheduler=MultiStep"], "lr_scheduler 'MultiStep' is not in torch.optim.lr_scheduler.*MultiStepLR"),
+    (["image_augmentations={RandomFlip: {p: 0.5}}"], "transform 'RandomFlip' is not in torchvision.transforms.v2"),
+    (["normalization_params_rgb={mean: [0.5], std: [0.2]}"], "needs 3 mean and 3 std"),
+    (["architecture=sq_10", "image_size=[16, 16]"], r"image_size \[16, 16\] is too small for architecture 'sq_10'"),
+    (["stanford_data_path=/nonexistent/stanford"], "train_labels.csv not found"),
+])
+def test_user_errors_are_one_line_with_exit_code_2(data: Path, tmp_path: Path, capsys, overrides: list[str],
+                                                   message: str) -> None:
+    import train
+
+    config = tiny_config(tmp_path, data)
+    with pytest.raises(SystemExit) as exit_info:
+        from utils.cli import run_main
+
+        run_main(train.main, ["--config", str(config), "--set", *overrides])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    import re
+
+    assert re.search(message, err), err
+
+
+def test_invalid_yaml_and_missing_config_fail_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("num_epochs: [1,\n")
+    for args, message in ((["--config", str(bad)], "not valid YAML at line"),
+                          (["--config", str(tmp_path / "none.yml")], "does not exist")):
+        result = run_train(args, cwd=tmp_path)
+        assert result.returncode == 2
+        assert message in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_print_config_prints_the_resolved_config(tmp_path: Path) -> None:
+    result = run_train(["--print-config", "--set", "optimizer_params.lr=0.01", "-d", "elsewhere"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    printed = yaml.safe_load(result.stdout[result.stdout.index("loglevel:"):])
+    assert printed["optimizer_params"] == {"lr": 0.01, "weight_decay": 0.6}
+    assert printed["stanford_data_path"] == "elsewhere"
+
+
+def test_our_datasets_package_does_not_break_the_libraries_we_import() -> None:
+    code = ("import datasets, datasets.stanford_data_module, mlflow, neptune, pytorch_lightning, torchmetrics, "
+            "torchvision; import models.net_module, utils.trackers; print(datasets.__file__)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).parent == ROOT / "datasets"

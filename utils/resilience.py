@@ -1,0 +1,135 @@
+"""Surviving interruptions: finding the checkpoint to resume, exact RNG state in checkpoints, graceful signals."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import yaml
+from pytorch_lightning.callbacks import Callback
+
+from utils.configuration import masked
+from utils.errors import ConfigError
+
+log = logging.getLogger("cars")
+
+# Keys that do not change what a run computes: a run may be resumed with other values for them.
+NON_RECIPE_KEYS = {
+    "run_name", "loglevel", "logging_dir", "log_to_neptune", "neptune_username", "neptune_project_name",
+    "neptune_api_token", "neptune_mode", "log_to_mlflow", "mlflow_tracking_uri", "experiment_name", "tags",
+    "description", "stanford_raw_data_path", "stanford_data_path", "output_path", "cache_dir", "num_epochs",
+    "accelerator", "devices", "num_nodes", "strategy", "num_workers", "pin_memory", "persistent_workers",
+    "prefetch_factor", "cache_images",
+}
+
+
+def recipe(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a config that decides what a run computes."""
+    return {key: value for key, value in masked(config).items() if key not in NON_RECIPE_KEYS}
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """`<run>/checkpoints/last.ckpt` -> `<run>`."""
+    return checkpoint.resolve().parent.parent
+
+
+def find_resume_checkpoint(spec: str, config: dict[str, Any]) -> Path:
+    """`--resume PATH` -> that file; `--resume auto` -> the newest last.ckpt of the run named by `run_name`, or of
+    the newest run folder under `output_path` whose config has the same recipe."""
+    if spec != "auto":
+        path = Path(spec)
+        if not path.is_file():
+            raise ConfigError(f"--resume {spec}: no such checkpoint file")
+        if not (run_dir_of(path) / "config.yml").is_file():
+            raise ConfigError(f"--resume {spec}: not inside a run folder (<run>/checkpoints/last.ckpt)")
+        return path
+    output = Path(config["output_path"])
+    if config["run_name"] is not None:
+        path = output / config["run_name"] / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise ConfigError(f"--resume auto: run {config['run_name']!r} has no {path} to resume from")
+        return path
+    wanted = recipe(config)
+    candidates = []
+    for path in output.glob("*/checkpoints/last.ckpt"):
+        try:
+            saved = yaml.safe_load((run_dir_of(path) / "config.yml").read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(saved, dict) and recipe(saved) == wanted:
+            candidates.append(path)
+    if not candidates:
+        raise ConfigError(f"--resume auto: no run folder under {output} with this config has a last.ckpt "
+                          f"(set run_name, or pass --resume PATH)")
+    return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+class RngStateCheckpoint(Callback):
+    """Stores the Python, NumPy and torch RNG states in each checkpoint and restores them on resume, so that a
+    resumed run draws the same shuffles, augmentations and dropout masks as an uninterrupted one (with
+    `num_workers: 0`; worker processes keep RNG states of their own)."""
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        name, keys, position, has_gauss, cached = np.random.get_state()
+        # Plain types and tensors only: Lightning loads checkpoints with torch.load(weights_only=True).
+        checkpoint["rng_states"] = {
+            "python": random.getstate(), "numpy": [name, keys.tolist(), position, has_gauss, cached],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if not states:
+            return
+        random.setstate(states["python"])
+        name, keys, position, has_gauss, cached = states["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+        torch.set_rng_state(states["torch"])
+        if states["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class GracefulInterrupt:
+    """First SIGINT/SIGTERM: stop at the next batch boundary, so that no checkpoint is cut in half; Lightning then
+    shuts down and our cleanup (plots, summary, trackers) runs. Second signal: exit at once.
+
+    Lightning already turns SIGTERM into a stop at the next batch (its `received_sigterm` flag); SIGINT is routed the
+    same way instead of raising KeyboardInterrupt wherever the program happens to be.
+    """
+
+    def __init__(self, trainer: pl.Trainer) -> None:
+        self.trainer = trainer
+        self.signum: int | None = None
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            print(f"\nsecond {name}: exiting at once", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.signum = signum
+        print(f"\n{name} received: stopping at the next batch (send it again to exit at once)",
+              file=sys.stderr, flush=True)
+        if self.trainer.training or self.trainer.validating:
+            self.trainer._signal_connector.received_sigterm = True
+        else:
+            raise KeyboardInterrupt
+
+    def reinstall(self) -> None:
+        """Lightning restores its own handlers when fit ends; a second signal during our cleanup must still work."""
+        self.install()

@@ -1,0 +1,95 @@
+"""The thesis-style table of local runs (§4.2): one row per run folder with a summary.json, best valid accuracy first.
+
+    python -m utils.summary [--output-path DIR] [--format markdown|csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from utils.cli import run_main
+from utils.configuration import KEYS
+from utils.errors import UserError
+
+COLUMNS = ["run", "ID", "description", "epochs", "min_train_loss", "min_valid_loss", "max_train_acc",
+           "max_valid_acc"]
+ID_PATTERN = re.compile(r"^[A-Z]+-\d+$")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except yaml.YAMLError:
+        data = {}
+    return data if isinstance(data, dict) else {}
+
+
+def run_row(run_dir: Path) -> dict[str, Any] | None:
+    """One run folder as a table row; None when it holds no readable summary.json."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    config = _read_yaml(run_dir / "config.yml")
+    tags = [str(t) for t in config.get("tags") or []]
+    ids = [t for t in tags if ID_PATTERN.match(t)]
+    return {
+        "run": run_dir.name,
+        "ID": ", ".join(ids or tags),
+        "description": config.get("description") or "",
+        "epochs": summary.get("epochs_run"),
+        **{name: summary.get(name) for name in COLUMNS[4:]},
+    }
+
+
+def summary_table(output_path: Path) -> pd.DataFrame:
+    """Rows of every run folder under output_path, sorted by max valid accuracy (best first, runs without last)."""
+    rows = [row for d in sorted(output_path.iterdir()) if d.is_dir() and (row := run_row(d))] \
+        if output_path.is_dir() else []
+    if not rows:
+        raise UserError(f"no run folders with a summary.json under {output_path} (set --output-path to the config's "
+                        f"output_path)")
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    return table.sort_values("max_valid_acc", ascending=False, na_position="last", kind="stable")
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """The table as markdown, losses to 3 decimals and accuracies in percent, as the thesis prints them."""
+    def cell(name: str, value: Any) -> str:
+        if value is None or (isinstance(value, float) and pd.isna(value)):
+            return "-"
+        if name.endswith("_acc"):
+            return f"{100 * value:.2f}%"
+        if name.endswith("_loss"):
+            return f"{value:.3f}"
+        if name == "epochs":
+            return str(int(value))
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    for row in table.itertuples(index=False):
+        lines.append("| " + " | ".join(cell(n, v) for n, v in zip(COLUMNS, row)) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Print the table of local runs, best validation accuracy first.")
+    parser.add_argument("--output-path", default=KEYS["output_path"].default,
+                        help="folder holding the run folders (default: %(default)s)")
+    parser.add_argument("--format", choices=("markdown", "csv"), default="markdown",
+                        help="table format (default: %(default)s)")
+    args = parser.parse_args(argv)
+    table = summary_table(Path(args.output_path))
+    print(to_markdown(table) if args.format == "markdown" else table.to_csv(index=False).rstrip("\n"))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
