@@ -137,7 +137,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, default=20, help="timed batches per measurement (default 20)")
     parser.add_argument("--warmup", type=int, default=None,
-                        help="untimed batches first (default 2, or 5 when compiling)")
+                        help="untimed batches first (default 3, or 5 when compiling)")
     parser.add_argument("--image-size", type=int, default=227, help="square image size in px (default 227)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_description()  # before the run, so that the load average is the one it started under
     with tempfile.TemporaryDirectory(prefix="cars-bench-") as tmp:
         data_path = args.data_dir or Path(tmp) / "stanford"
-        longest_warmup = args.warmup if args.warmup is not None else (5 if True in compiles else 2)
+        longest_warmup = args.warmup if args.warmup is not None else (5 if True in compiles else 3)
         count = (longest_warmup + args.batches) * args.batch_size
         print(f"generating {count} train + {count} test images of about 700x480 in {data_path} ...", flush=True)
         generate_prepared(data_path, count, count)
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         StanfordCarsDataModule(config).setup("fit")  # build the cache once, outside every timing
         results = []
         for precision, channels_last, compile in settings:
-            warmup = args.warmup if args.warmup is not None else (5 if compile else 2)
+            warmup = args.warmup if args.warmup is not None else (5 if compile else 3)
             label = f"{precision}, channels_last {'on' if channels_last else 'off'}, compile {'on' if compile else 'off'}"
             print(f"measuring {label} ...", flush=True)
             model_rate = model_only(config, device, precision, channels_last, compile, args.batches, warmup)
