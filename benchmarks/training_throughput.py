@@ -1,0 +1,234 @@
+"""Training throughput of GhostNet at the thesis's batch 64 and 227 px: model-only vs the full pipeline.
+
+    python -m benchmarks.training_throughput [--batches 20] [--image-size 227] [--batch-size 64] [--device auto]
+
+For each setting (precision x channels_last x compile):
+  model-only: synthetic normalized tensors already on the device; forward + backward + AdamW step with
+      LabelSmoothingCrossEntropy, the loop a trainer would run with a perfect data pipeline;
+  full pipeline: Lightning's Trainer over the real DataModule (generated 700x480 JPEGs, image cache, uint8 batches)
+      and NetModule, whose `on_after_batch_transfer` converts, augments (on the device with a GPU) and normalizes;
+      validation (forward only) is timed in the same run.
+Timing starts after warm-up batches (compilation, cuDNN autotuning, DataLoader start-up) and ends after a device
+synchronization. The projected C-50 time is 129 epochs x (8,144 train images at the full pipeline's training rate +
+8,041 validation images at its validation rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from benchmarks.common import (
+    NUM_CLASSES,
+    generate_prepared,
+    load_average,
+    machine_description,
+    markdown_table,
+    synchronize,
+)
+from datasets.stanford_data_module import StanfordCarsDataModule
+from utils.cli import run_main
+from utils.configuration import validate
+from utils.errors import UserError
+
+C50_EPOCHS, TRAIN_IMAGES, VALID_IMAGES = 129, 8144, 8041
+TARGET_FRACTION, TARGET_MINUTES = 0.90, 10.0
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+
+
+def model_only(config: dict[str, Any], device: torch.device, precision: str, channels_last: bool, compile: bool,
+               batches: int, warmup: int) -> float:
+    """Training images/s of forward + backward + AdamW step on synthetic tensors that live on the device."""
+    from models.arch_dict import build_architecture
+    from models.label_smoothing_ce import LabelSmoothingCrossEntropy
+
+    net = build_architecture(config["architecture"], num_classes=NUM_CLASSES, img_channels=3,
+                             dropout=config["dropout"], output_channels=config["output_channels"]).to(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(memory_format=memory_format)
+    step_net = torch.compile(net) if compile else net
+    loss_fn = LabelSmoothingCrossEntropy()
+    optimizer = torch.optim.AdamW(net.parameters(), **config["optimizer_params"])
+    size = config["image_size"]
+    images = torch.randn(config["batch_size"], 3, *size, device=device).contiguous(memory_format=memory_format)
+    targets = torch.randint(0, NUM_CLASSES, (config["batch_size"],), device=device)
+    net.train()
+    for index in range(warmup + batches):
+        if index == warmup:
+            synchronize(device)
+            start = time.perf_counter()
+        with autocast(device, precision):
+            loss = loss_fn(step_net(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    synchronize(device)
+    return batches * config["batch_size"] / (time.perf_counter() - start)
+
+
+class BatchClock(pl.Callback):
+    """Times training and validation batches after the warm-up ones, each span closed by a device sync."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.marks: dict[str, list[float]] = {"train": [], "valid": []}
+
+    def _mark(self, stage: str, pl_module: pl.LightningModule, batch_idx: int) -> None:
+        if batch_idx >= self.warmup - 1:
+            synchronize(pl_module.device)
+            self.marks[stage].append(time.perf_counter())
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._mark("train", pl_module, batch_idx)
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._mark("valid", pl_module, batch_idx)
+
+    def rate(self, stage: str, batch_size: int) -> float:
+        marks = self.marks[stage]
+        return (len(marks) - 1) * batch_size / (marks[-1] - marks[0])
+
+
+def full_pipeline(config: dict[str, Any], device: torch.device, precision: str, channels_last: bool, compile: bool,
+                  batches: int, warmup: int) -> tuple[float, float]:
+    """(training images/s, validation images/s) of one Trainer epoch over the DataModule with NetModule."""
+    from models.net_module import NetModule
+
+    data = StanfordCarsDataModule(config)
+    device_augment = None
+    if config["gpu_augmentations"]:
+        device_augment = {"image": config["image_augmentations"] if config["augment_images"] else None,
+                          "tensor": config["tensor_augmentations"] if config["augment_tensors"] else None}
+    module = NetModule(
+        config["architecture"], num_classes=NUM_CLASSES, img_channels=3, dropout=config["dropout"],
+        output_channels=config["output_channels"], loss_function=config["loss_function"],
+        loss_params=config["loss_params"], optimizer=config["optimizer"], optimizer_params=config["optimizer_params"],
+        normalization=config["normalization_params_rgb"], device_augmentations=device_augment,
+        image_size=tuple(config["image_size"]), channels_last=channels_last, compile=compile)
+    clock = BatchClock(warmup)
+    trainer = pl.Trainer(
+        accelerator=device.type, devices=1, precision=precision, max_epochs=1,
+        limit_train_batches=warmup + batches, limit_val_batches=warmup + batches, num_sanity_val_steps=0,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[clock])
+    trainer.fit(module, datamodule=data)
+    return clock.rate("train", config["batch_size"]), clock.rate("valid", config["batch_size"])
+
+
+def c50_minutes(train_rate: float, valid_rate: float) -> float:
+    return C50_EPOCHS * (TRAIN_IMAGES / train_rate + VALID_IMAGES / valid_rate) / 60
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, default=20, help="timed batches per measurement (default 20)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed batches first (default 3, or 5 when compiling)")
+    parser.add_argument("--image-size", type=int, default=227, help="square image size in px (default 227)")
+    parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto = cuda when available, else cpu (default auto)")
+    parser.add_argument("--precisions", nargs="+", default=["32-true", "bf16-mixed"],
+                        choices=["32-true", "bf16-mixed"], help="precisions to measure (default both)")
+    parser.add_argument("--channels-last", choices=["both", "off", "on"], default="both",
+                        help="channels_last settings to measure (default both)")
+    parser.add_argument("--compile", choices=["auto", "both", "off"], default="auto",
+                        help="torch.compile settings: auto = off and on with a GPU, off only on CPU (default auto)")
+    parser.add_argument("--augment", choices=["auto", "cpu", "device"], default="auto",
+                        help="where the full pipeline augments: auto = device with a GPU, cpu otherwise")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="DataLoader workers (default: the project's, one per core, at most 8)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's, one per core); on a CPU shared with other "
+                             "jobs, 1 avoids OpenMP threads waiting on each other")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="where to generate the data (default: a temporary folder, removed afterwards)")
+    return parser.parse_args(argv)
+
+
+def quiet_lightning() -> None:
+    """Keep the report readable: Lightning's per-fit banners and tips say nothing about speed."""
+    for name in ("lightning.pytorch", "pytorch_lightning", "lightning.fabric", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="pytorch_lightning")
+    warnings.filterwarnings("ignore", module="lightning_fabric")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    quiet_lightning()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: torch sees no CUDA GPU on this machine (use --device auto or cpu)")
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    compiles = [False, True] if args.compile == "both" or (args.compile == "auto" and device.type == "cuda") else [False]
+    lasts = {"both": [False, True], "off": [False], "on": [True]}[args.channels_last]
+    on_device = args.augment == "device" or (args.augment == "auto" and device.type == "cuda")
+    settings = list(itertools.product(args.precisions, lasts, compiles))
+    machine = machine_description()  # before the run, so that the load average is the one it started under
+    with tempfile.TemporaryDirectory(prefix="cars-bench-") as tmp:
+        data_path = args.data_dir or Path(tmp) / "stanford"
+        longest_warmup = args.warmup if args.warmup is not None else (5 if True in compiles else 3)
+        count = (longest_warmup + args.batches) * args.batch_size
+        print(f"generating {count} train + {count} test images of about 700x480 in {data_path} ...", flush=True)
+        generate_prepared(data_path, count, count)
+        overrides = {"stanford_data_path": str(data_path), "cache_dir": str(Path(tmp) / "cache"),
+                     "image_size": [args.image_size, args.image_size], "batch_size": args.batch_size,
+                     "gpu_augmentations": on_device, "num_workers": args.workers}
+        config = validate({key: value for key, value in overrides.items() if value is not None or key != "num_workers"})
+        StanfordCarsDataModule(config).setup("fit")  # build the cache once, outside every timing
+        results = []
+        for precision, channels_last, compile in settings:
+            warmup = args.warmup if args.warmup is not None else (5 if compile else 3)
+            label = f"{precision}, channels_last {'on' if channels_last else 'off'}, compile {'on' if compile else 'off'}"
+            print(f"measuring {label} ...", flush=True)
+            model_rate = model_only(config, device, precision, channels_last, compile, args.batches, warmup)
+            train_rate, valid_rate = full_pipeline(config, device, precision, channels_last, compile, args.batches,
+                                                   warmup)
+            results.append((label, model_rate, train_rate, valid_rate))
+    print_report(args, config, device, on_device, results, machine)
+    return 0
+
+
+def print_report(args: argparse.Namespace, config: dict[str, Any], device: torch.device, on_device: bool,
+                 results: list[tuple[str, float, float, float]], machine: list[str]) -> None:
+    base = results[0][2]
+    rows = [[label, f"{model:.1f}", f"{train:.1f}", f"{train / model:.0%}", f"{valid:.1f}", f"{train / base:.2f}x",
+             f"{c50_minutes(train, valid):.1f}"] for label, model, train, valid in results]
+    print()
+    print("\n".join(machine))
+    print(f"load average (1, 5, 15 min) at end: {load_average()}")
+    workers = config["num_workers"] if config["num_workers"] is not None else "project default"
+    print(f"device {device.type}; GhostNet (output_channels {config['output_channels']}, {NUM_CLASSES} classes), "
+          f"batch {args.batch_size}, {args.image_size}x{args.image_size} px, {args.batches} timed batches; "
+          f"full pipeline: cache on, augmentation on the {'device' if on_device else 'CPU'}, "
+          f"DataLoader workers: {workers}, torch threads {torch.get_num_threads()}")
+    print()
+    print(markdown_table(
+        ["setting", "model-only train img/s", "full pipeline train img/s", "full / model-only",
+         "full pipeline valid img/s (forward)", "full train vs first row", "projected C-50 (min)"], rows))
+    best = min(results, key=lambda r: c50_minutes(r[2], r[3]))
+    print(f"\nC-50 = {C50_EPOCHS} epochs x ({TRAIN_IMAGES:,} train + {VALID_IMAGES:,} validation images); "
+          f"fastest setting: {best[0]}, {c50_minutes(best[2], best[3]):.1f} min "
+          f"(GPU targets: full pipeline >= {TARGET_FRACTION:.0%} of model-only, C-50 < {TARGET_MINUTES:.0f} min on "
+          f"one H100)")
+
+
+if __name__ == "__main__":
+    run_main(main)

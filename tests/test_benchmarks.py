@@ -1,0 +1,110 @@
+"""The benchmark scripts run end to end on tiny settings and print the tables they promise (no timing asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from benchmarks import data_pipeline
+from benchmarks.common import generate_prepared, markdown_table
+from benchmarks.training_throughput import C50_EPOCHS, TRAIN_IMAGES, VALID_IMAGES
+from datasets.stanford_data_module import StanfordCarsDataModule
+from utils.cli import run_main
+from utils.configuration import validate
+
+ROOT = Path(__file__).resolve().parent.parent
+NUMBER = r"\d+(?:\.\d+)?"
+
+
+def run_script(module: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def table_rows(output: str) -> list[list[str]]:
+    """The cells of the markdown table's body rows in a script's output."""
+    lines = [line for line in output.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def test_generated_data_follows_the_prepared_contract_and_loads(tmp_path: Path) -> None:
+    root = generate_prepared(tmp_path / "stanford", train_images=3, test_images=2)
+    labels = pd.read_csv(root / "train_labels.csv")
+    assert list(labels.columns) == ["image_fname", "class", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class_name"]
+    for row in labels.itertuples():
+        with Image.open(root / "train" / row.image_fname) as image:
+            assert image.format == "JPEG" and image.mode == "RGB"
+            assert 600 <= image.width <= 800 and 0.6 * image.width - 1 <= image.height <= 0.75 * image.width
+            assert 1 <= row.bbox_x1 < row.bbox_x2 <= image.width and 1 <= row.bbox_y1 < row.bbox_y2 <= image.height
+    module = StanfordCarsDataModule(validate({"stanford_data_path": str(root), "num_workers": 0,
+                                              "image_size": [32, 32], "cache_dir": str(tmp_path / "cache")}))
+    module.setup("fit")
+    image, label = module.datasets["train"][0]
+    assert image.dtype == torch.uint8 and image.shape == (3, 32, 32) and label == 0
+
+
+def test_markdown_table_has_header_alignment_and_rows() -> None:
+    assert markdown_table(["a", "b"], [["x", "1"]]).splitlines() == ["| a | b |", "| :--- | ---: |", "| x | 1 |"]
+
+
+def test_data_pipeline_prints_every_path_with_a_ratio_to_the_baseline() -> None:
+    output = run_script("benchmarks.data_pipeline", "--images", "16", "--epochs", "1", "--batch-size", "8")
+    rows = table_rows(output)
+    names = [row[0] for row in rows]
+    assert [name.split()[0] for name in names[:3]] == ["(a)", "(b0)", "(b)"]
+    for _, rate, ratio in rows:
+        assert re.fullmatch(NUMBER, rate) and float(rate) > 0
+        assert re.fullmatch(NUMBER + "x", ratio)
+    assert rows[0][2] == "1.00x"
+    # Each ratio is that row's rate over the baseline's (to the rounding of the printed rates).
+    for _, rate, ratio in rows[1:]:
+        assert float(ratio[:-1]) == pytest.approx(float(rate) / float(rows[0][1]), abs=0.02)
+    assert re.search(r"one-off cache build: " + NUMBER + " s for 17 images", output)
+    if torch.cuda.is_available() and importlib.util.find_spec("datasets.device_augment"):
+        assert names[3].startswith("(c)")
+    else:
+        assert len(rows) == 3 and "(c) project, cache" in output and "skipped" in output
+
+
+@pytest.mark.slow  # about 10 s on two quiet cores, over 30 s while other jobs share them
+@pytest.mark.skipif(importlib.util.find_spec("models.arch_dict") is None, reason="models/arch_dict.py not merged")
+def test_training_throughput_prints_each_setting_and_a_consistent_c50_projection() -> None:
+    output = run_script("benchmarks.training_throughput", "--batches", "2", "--warmup", "1", "--batch-size", "4",
+                        "--image-size", "32", "--precisions", "32-true", "bf16-mixed", "--channels-last", "on",
+                        "--workers", "0", "--threads", "1", "--device", "cpu")
+    rows = table_rows(output)
+    assert [row[0] for row in rows] == [f"{precision}, channels_last on, compile off"
+                                        for precision in ("32-true", "bf16-mixed")]
+    for _, model, train, fraction, valid, speedup, minutes in rows:
+        assert all(float(value) > 0 for value in (model, train, valid, minutes))
+        assert float(fraction.rstrip("%")) == pytest.approx(100 * float(train) / float(model), abs=2)
+        projected = C50_EPOCHS * (TRAIN_IMAGES / float(train) + VALID_IMAGES / float(valid)) / 60
+        assert float(minutes) == pytest.approx(projected, rel=0.02)
+        assert re.fullmatch(NUMBER + "x", speedup)
+    assert rows[0][5] == "1.00x"
+    assert "fastest setting" in output and "device cpu" in output
+
+
+def test_generation_refuses_a_non_empty_folder_it_did_not_write_and_keeps_its_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "train_labels.csv").write_text("precious")
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(data_pipeline.main, ["--images", "2", "--epochs", "1", "--data-dir", str(tmp_path / "real")])
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "not generated by the benchmarks" in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert (tmp_path / "real" / "train_labels.csv").read_text() == "precious"
+    generate_prepared(tmp_path / "again", 1, 1)
+    generate_prepared(tmp_path / "again", 2, 1)  # a folder it wrote itself is replaced
+    assert len(list((tmp_path / "again" / "train").iterdir())) == 2
