@@ -11,6 +11,7 @@ of several batch-1 forward passes on this machine's CPU under `torch.inference_m
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"--image-size {size[0]} {size[1]} is too small for {name}; it needs at least {min_image_size(name)} px"
             )
     torch.manual_seed(0)
+    load_before = os.getloadavg()[0]
     costs = []
     for name in names:
         costs.append(measure(name, size, args.num_classes, args.runs))
@@ -123,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(costs)
     header = (
         f"Input {size[0]}x{size[1]} RGB, {args.num_classes} classes, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} CPU threads."
+        f"{torch.get_num_threads()} CPU threads on {os.cpu_count()} cores; 1-minute load average "
+        f"{load_before:.1f} before and {os.getloadavg()[0]:.1f} after (latency is only comparable at low load)."
     )
     print(f"\n{header}\n\n{table}")
     if args.output:

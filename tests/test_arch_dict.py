@@ -5,6 +5,7 @@ import torch
 
 from models.arch_dict import (
     MIN_IMAGE_SIZE,
+    architecture_family,
     build_architecture,
     get_architectures_dictionary,
     min_image_size,
@@ -47,10 +48,9 @@ def test_minimum_image_size_works_and_one_pixel_less_fails(name):
             model(torch.randn(2, 1, size - 1, size - 1))
 
 
-def test_every_name_has_a_minimum_size_and_every_family_is_used():
-    families = {n: min_image_size(n) for n in NAMES}
-    assert all(size >= 1 for size in families.values())
-    assert len(MIN_IMAGE_SIZE) == len({str(n.split("_")[0]) for n in NAMES}) + 2  # sq_10/sq_11 and hard DS split
+def test_minimum_size_table_covers_every_name_with_no_unused_entries():
+    assert {architecture_family(n) for n in NAMES} == set(MIN_IMAGE_SIZE)
+    assert all(min_image_size(n) >= 1 for n in NAMES)
 
 
 def test_build_architecture_gives_ghostnet_the_dropout_and_head_width():
