@@ -166,10 +166,10 @@ def test_script_makes_synthetic_data_prepares_it_and_reruns_as_a_noop(tmp_path):
     args = ("--raw-data-path", str(tmp_path / "raw"), "--data-path", str(tmp_path / "data"))
     first = run_script(*args)
     assert first.returncode == 0, first.stderr
-    assert "prepared 4 train and 2 test images of 2 classes" in first.stderr
-    assert "not the full Stanford Cars dataset" in first.stderr
+    assert "prepared 4 train and 2 test images of 2 classes" in first.stdout
+    assert "not the full Stanford Cars dataset" in first.stdout
     again = run_script(*args)
-    assert again.returncode == 0 and "already complete" in again.stderr
+    assert again.returncode == 0 and "already complete" in again.stdout
 
 
 def test_script_failures_are_one_line_with_exit_code_2(tmp_path):
