@@ -11,6 +11,7 @@ import logging
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,10 @@ def train(config: dict[str, Any], resume: str | None = None) -> Path:
     from utils.run_outputs import MetricsCsvWriter, epochs_done, write_summary
     from utils.trackers import build_loggers, check_tracker_config, finalize_trackers
 
+    # Known, harmless notices of the libraries, printed at every run.
+    warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer`.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")  # we log per epoch
     check_names(config)
     check_hardware(config)
     check_tracker_config(config)
@@ -115,6 +120,10 @@ def train(config: dict[str, Any], resume: str | None = None) -> Path:
                 "status": status,
             })
             finalize_trackers(loggers, run_dir, summary, status)
+            if summary["max_valid_acc"] is not None:
+                log.info("%s after %d epochs: best valid_acc %.2f %%, min valid_loss %.4f (epoch %d)", status,
+                         summary["epochs_run"], 100 * summary["max_valid_acc"], summary["min_valid_loss"],
+                         summary["best_epoch"])
     if status == "interrupted":
         last = run_dir / "checkpoints" / "last.ckpt"
         if last.is_file():

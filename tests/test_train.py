@@ -56,7 +56,7 @@ def test_early_stopping_stops_after_the_patience(data: Path, tmp_path: Path) -> 
     # A high learning rate makes the validation loss stop improving; the run must stop exactly where the rule says
     # (a non-finite loss stops it at once).
     patience = 1
-    config = tiny_config(tmp_path, data, num_epochs=10, early_stopping_patience=patience,
+    config = tiny_config(tmp_path, data, num_epochs=8, early_stopping_patience=patience,
                          optimizer_params={"lr": 0.05}, lr_scheduler=None)
     result = run_train(["--config", str(config)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -8,6 +8,12 @@ from datetime import datetime
 from pathlib import Path
 
 LOGGER_NAME = "cars"
+LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning_fabric")
+
+
+def _not_an_advert(record: logging.LogRecord) -> bool:
+    """Lightning advertises its cloud products ("💡 Tip: ...") at every run; our console is for the run."""
+    return not str(record.msg).startswith("💡")
 
 
 def setup_logging(level: str = "INFO", logging_dir: str | Path | None = None) -> Path | None:
@@ -18,6 +24,11 @@ def setup_logging(level: str = "INFO", logging_dir: str | Path | None = None) ->
     """
     from lightning_fabric.utilities.rank_zero import rank_zero_only
 
+    for name in LIGHTNING_LOGGERS:
+        # The logger Lightning's rank_zero_info writes through (the same object once Lightning is imported).
+        emitter = logging.getLogger(f"{name}.utilities.rank_zero")
+        if _not_an_advert not in emitter.filters:
+            emitter.addFilter(_not_an_advert)
     logger = logging.getLogger(LOGGER_NAME)
     if rank_zero_only.rank != 0:
         level, logging_dir = "WARNING", None
@@ -38,7 +49,7 @@ def setup_logging(level: str = "INFO", logging_dir: str | Path | None = None) ->
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         file_handler.set_name("cars-file")
         logger.addHandler(file_handler)
-        for name in ("pytorch_lightning", "lightning_fabric"):
+        for name in LIGHTNING_LOGGERS:
             other = logging.getLogger(name)
             for handler in [h for h in other.handlers if h.get_name() == "cars-file"]:
                 other.removeHandler(handler)
