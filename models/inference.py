@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -21,10 +20,6 @@ from models.net_module import NetModule
 from utils.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-# Besides tensors and plain containers, train.py's checkpoints hold numpy's RNG state (utils/resilience.py); these
-# are the only other types a weights-only (non-executing) unpickler has to accept.
-_CHECKPOINT_SAFE_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
 
 
 class CheckpointError(UserError):
@@ -51,8 +46,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist; pass a checkpoint such as <run>/checkpoints/best.ckpt")
     try:
-        with torch.serialization.safe_globals(_CHECKPOINT_SAFE_GLOBALS):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # weights_only: a checkpoint is loaded without executing pickled code (utils/resilience.py keeps the RNG
+        # states it stores in plain types for this reason).
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load raises many types (UnpicklingError, RuntimeError, EOFError, ...)
         lines = str(error).strip().splitlines()
         reason = f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
