@@ -17,19 +17,13 @@ NAMES = (
     "sq_10 sq_11 sqnxt_1 sqnxt_1v5 sqnxt_2 sqnxt_2v5 mob_v2 eff_b0 eff_b1 eff_b2 eff_b3 eff_b4 eff_b5 eff_b6 eff_b7 "
     "ghost hard_39 hard_39dw hard_68 hard_68dw hard_85 hard_85dw shuff_v2_x05 shuff_v2_x10 shuff_v2_x15 shuff_v2_x20"
 ).split()
-# Big models whose construction alone takes seconds on 2 cores.
-SLOW = {"eff_b4", "eff_b5", "eff_b6", "eff_b7", "hard_68", "hard_85", "sqnxt_2v5"}
-
-
-def with_slow_marks(names):
-    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in names]
 
 
 def test_registry_holds_exactly_the_2020_names():
     assert sorted(get_architectures_dictionary()) == sorted(NAMES)
 
 
-@pytest.mark.parametrize("name", with_slow_marks(NAMES))
+@pytest.mark.parametrize("name", NAMES)
 def test_every_architecture_classifies_grayscale_and_rgb_batches(name):
     constructor = get_architectures_dictionary()[name]
     for channels in (1, 3):
@@ -38,7 +32,7 @@ def test_every_architecture_classifies_grayscale_and_rgb_batches(name):
             assert model(torch.randn(2, channels, 32, 32)).shape == (2, 7)
 
 
-@pytest.mark.parametrize("name", with_slow_marks(NAMES))
+@pytest.mark.parametrize("name", NAMES)
 def test_minimum_image_size_works_and_one_pixel_less_fails(name):
     model = get_architectures_dictionary()[name](num_classes=3, img_channels=1).train()
     size = min_image_size(name)

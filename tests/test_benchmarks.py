@@ -76,7 +76,6 @@ def test_data_pipeline_prints_every_path_with_a_ratio_to_the_baseline() -> None:
         assert len(rows) == 3 and "(c) project, cache" in output and "skipped" in output
 
 
-@pytest.mark.slow  # about 10 s on two quiet cores, over 30 s while other jobs share them
 @pytest.mark.skipif(importlib.util.find_spec("models.arch_dict") is None, reason="models/arch_dict.py not merged")
 def test_training_throughput_prints_each_setting_and_a_consistent_c50_projection() -> None:
     output = run_script("benchmarks.training_throughput", "--batches", "2", "--warmup", "1", "--batch-size", "4",

@@ -54,7 +54,6 @@ def test_unknown_architecture_is_a_config_error():
         main(["--architectures", "gost"])
 
 
-@pytest.mark.slow
 def test_default_table_covers_every_registered_architecture(capsys):
     main(["--image-size", "32", "32", "--runs", "1"])
     rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]

@@ -1,7 +1,5 @@
 """models/export.py: ONNX and TorchScript exports compute what the PyTorch network computes, for any batch size, and
 the JSON beside them is enough to preprocess an image the way predict.py does.
-
-The exports take most of a minute on two cores (torch.export tracing, then ONNX translation), hence `slow`.
 """
 
 from __future__ import annotations
@@ -50,7 +48,6 @@ def _reference(checkpoint: Path, batch: torch.Tensor) -> np.ndarray:
         return load_module(checkpoint).net(batch).numpy()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_onnx_and_torchscript_match_pytorch_on_random_normalised_batches(checkpoint: Path, exported: dict[str, Path],
                                                                         batch_size: int) -> None:
@@ -69,7 +66,6 @@ def test_onnx_and_torchscript_match_pytorch_on_random_normalised_batches(checkpo
     np.testing.assert_allclose(script_out, expected, atol=1e-4, rtol=0)
 
 
-@pytest.mark.slow
 def test_json_contract_alone_preprocesses_an_image_as_predict_does(checkpoint: Path, exported: dict[str, Path],
                                                                    tmp_path: Path) -> None:
     """Follow the documented contract with PIL and numpy only, run the ONNX model, compare with models.inference."""
@@ -97,7 +93,6 @@ def test_json_contract_alone_preprocesses_an_image_as_predict_does(checkpoint: P
     torch.testing.assert_close(probabilities, expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.slow
 def test_cli_refuses_json_output_and_non_checkpoints_in_one_line(checkpoint: Path, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "models.export", "--checkpoint", str(checkpoint), "--format", "onnx",
                              "--output", str(tmp_path / "model.json")], cwd=ROOT, capture_output=True, text=True)

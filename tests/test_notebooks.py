@@ -73,7 +73,6 @@ def colab_parameters(tmp_path: Path) -> tuple[dict[str, Any], Path]:
     }, output
 
 
-@pytest.mark.slow  # a kernel plus a training run: ~40 s on 2 busy cores
 def test_train_colab_notebook_trains_outside_colab_and_writes_metrics(tmp_path: Path) -> None:
     parameters, output = colab_parameters(tmp_path)
     # Started outside the project on purpose: the notebook must change to the project folder itself.
@@ -86,7 +85,6 @@ def test_train_colab_notebook_trains_outside_colab_and_writes_metrics(tmp_path: 
     assert "--resume" not in printed  # nothing to resume the first time
 
 
-@pytest.mark.slow
 def test_train_colab_notebook_rerun_resumes_a_run_cut_off_by_a_disconnect(tmp_path: Path) -> None:
     parameters, output = colab_parameters(tmp_path)
     execute(with_parameters(ROOT / "train_colab.ipynb", parameters), tmp_path, timeout=600)

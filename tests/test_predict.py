@@ -59,7 +59,6 @@ def test_json_top1_agrees_with_evaluate_and_unreadable_image_is_named(run_dir: P
         assert top[0]["probability"] == pytest.approx(row.probability, abs=1e-5)
 
 
-@pytest.mark.slow
 def test_text_output_lists_top_k_per_image(run_dir: Path, images: Path) -> None:
     one = sorted(images.glob("0*.jpg"))[0]
     result = run_script("predict.py", ["--checkpoint", str(run_dir / "checkpoints" / "last.ckpt"), str(one),
@@ -76,7 +75,7 @@ def test_text_output_lists_top_k_per_image(run_dir: Path, images: Path) -> None:
 @pytest.mark.parametrize("make, message", [
     (lambda folder: folder / "missing.ckpt", "missing.ckpt does not exist"),
     pytest.param(lambda folder: _write(folder / "notes.ckpt", b"plain text"),
-                 "notes.ckpt is not a checkpoint written by train.py", marks=pytest.mark.slow),
+                 "notes.ckpt is not a checkpoint written by train.py"),
 ])
 def test_missing_or_foreign_checkpoint_is_one_line_and_exit_2(tmp_path: Path, make, message: str) -> None:
     image = tmp_path / "car.jpg"
