@@ -104,6 +104,9 @@ def train(config: dict[str, Any], resume: str | None = None) -> Path:
     except (SystemExit, KeyboardInterrupt):
         # Lightning turns a stop request into SystemExit after shutting down cleanly.
         pass
+    except Exception:
+        status = "failed"  # still write what the run has: plots, summary, tracker status
+        raise
     finally:
         interrupt.reinstall()
         if trainer.is_global_zero:

@@ -139,3 +139,22 @@ def test_our_datasets_package_does_not_break_the_libraries_we_import() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()).parent == ROOT / "datasets"
+
+
+@pytest.mark.parametrize("cache_images, num_workers", [(True, 0), (False, 1)])
+def test_corrupt_image_fails_the_run_in_one_line_naming_the_file(data: Path, tmp_path: Path, cache_images: bool,
+                                                                 num_workers: int) -> None:
+    import shutil
+
+    broken = tmp_path / "stanford"
+    shutil.copytree(data, broken, ignore=shutil.ignore_patterns(".cache"))
+    victim = sorted((broken / "train").iterdir())[1]
+    victim.write_bytes(b"<html>not an image</html>")
+    config = tiny_config(tmp_path, broken, cache_images=cache_images, num_workers=num_workers)
+    result = run_train(["--config", str(config)], cwd=tmp_path)
+    assert result.returncode == 2
+    err = result.stderr.strip().splitlines()
+    assert err[-1].startswith("data error: image ") and victim.name in err[-1]
+    assert "Traceback" not in result.stderr
+    run_dir = next((tmp_path / "output").iterdir())
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"

@@ -8,12 +8,23 @@ from collections.abc import Callable
 from utils.errors import UserError
 
 
+def one_line(error: UserError) -> str:
+    """The error's message on one line. A UserError raised in a DataLoader worker reaches the main process with the
+    worker's traceback in its text; its last line is the original message."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return str(error).strip()
+    last = lines[-1]
+    name = f"{type(error).__module__}.{type(error).__name__}: "
+    return last.removeprefix(name).strip()
+
+
 def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     """Run `main(argv)` and exit with its return code; a `UserError` prints one line and exits with its code (2)."""
     try:
         code = main(argv)
     except UserError as error:
-        print(str(error), file=sys.stderr)
+        print(one_line(error), file=sys.stderr)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

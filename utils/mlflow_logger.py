@@ -23,7 +23,7 @@ from utils.run_params import param_text
 
 EXPERIMENT_ID_PATTERN = re.compile(r"^[A-Z]+-\d+$")  # the thesis's experiment IDs: C-1 ... C-66
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
-RUN_STATUS = {"finished": "FINISHED", "early_stopped": "FINISHED", "interrupted": "KILLED"}
+RUN_STATUS = {"finished": "FINISHED", "early_stopped": "FINISHED", "interrupted": "KILLED", "failed": "FAILED"}
 
 
 
