@@ -158,3 +158,15 @@ def test_corrupt_image_fails_the_run_in_one_line_naming_the_file(data: Path, tmp
     assert "Traceback" not in result.stderr
     run_dir = next((tmp_path / "output").iterdir())
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+
+
+def test_device_options_train_end_to_end_on_the_cpu(data: Path, tmp_path: Path) -> None:
+    # gpu_augmentations runs the per-sample augmenter wherever the batch is (here the CPU); bf16 autocast and
+    # channels_last are the GPU speed options, valid on the CPU too.
+    config = tiny_config(tmp_path, data, num_epochs=1, gpu_augmentations=True, augment_tensors=True,
+                         precision="bf16-mixed", channels_last=True)
+    result = run_train(["--config", str(config)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_dir = next((tmp_path / "output").iterdir())
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert metrics["epoch"].tolist() == [0] and metrics["train_loss"].notna().all()
