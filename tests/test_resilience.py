@@ -45,7 +45,9 @@ def rows(metrics_csv: Path) -> int:
 
 def test_sigterm_then_resume_gives_contiguous_epochs_and_the_uninterrupted_metrics(
         data: Path, tmp_path: Path, uninterrupted: pd.DataFrame) -> None:
-    config = tiny_config(tmp_path, data, run_name="cut", **RECIPE)
+    tracking_uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    config = tiny_config(tmp_path, data, run_name="cut", log_to_mlflow=True, mlflow_tracking_uri=tracking_uri,
+                         **RECIPE)
     run_dir = tmp_path / "output" / "cut"
     process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--config", str(config)], cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -70,6 +72,14 @@ def test_sigterm_then_resume_gives_contiguous_epochs_and_the_uninterrupted_metri
     # Same seed, num_workers 0 and the RNG state restored from the checkpoint: the same numbers as one whole run.
     pd.testing.assert_frame_equal(metrics, uninterrupted, check_exact=False, rtol=1e-5)
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+    # The resumed training continued the same MLflow run.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [run.info.run_name for run in runs] == ["cut"] and runs[0].info.status == "FINISHED"
+    history = client.get_metric_history(runs[0].info.run_id, "valid_acc")
+    assert sorted({point.step for point in history}) == list(range(EPOCHS))
 
 
 def test_two_runs_with_the_same_seed_write_identical_metrics(data: Path, tmp_path: Path,
