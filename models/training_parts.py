@@ -103,7 +103,7 @@ def build_scheduler(name: str | None, params: dict[str, Any] | None,
             params[key] = _compile_lambda(params[key], key)
     try:
         scheduler = cls(optimizer, **params)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, NameError, ArithmeticError) as error:  # a lambda is called at construction
         raise ConfigError(f"lr_scheduler_params for {name}: {error}") from None
     config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch", "frequency": 1}
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):

@@ -1,0 +1,81 @@
+"""Loss, optimizer and scheduler built from config names; the thesis's early-stopping rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.label_smoothing_ce import LabelSmoothingCrossEntropy
+from models.training_parts import (
+    build_loss,
+    build_optimizer,
+    build_scheduler,
+    check_hardware,
+    early_stopping_patience,
+)
+from utils.configuration import validate
+from utils.errors import ConfigError
+
+
+def optimizer() -> torch.optim.Optimizer:
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+
+
+def test_lambda_scheduler_strings_become_functions_of_the_epoch() -> None:
+    opt = optimizer()
+    scheduler = build_scheduler("LambdaLR", {"lr_lambda": "lambda epoch: 0.5 ** epoch"}, opt)["scheduler"]
+    lrs = []
+    for _ in range(3):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    assert lrs == [1.0, 0.5, 0.25]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("__import__('os').system('true')", "must be a string 'lambda epoch: ...'"),
+    ("lambda epoch: (", "is not a valid lambda"),
+])
+def test_lambda_strings_other_than_lambdas_are_refused(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_scheduler("LambdaLR", {"lr_lambda": text}, optimizer())
+
+
+def test_lambda_strings_cannot_reach_builtins() -> None:
+    with pytest.raises(ConfigError, match="lr_scheduler_params for LambdaLR: name 'open' is not defined"):
+        build_scheduler("LambdaLR", {"lr_lambda": "lambda epoch: open('x')"}, optimizer())
+
+
+def test_reduce_on_plateau_monitors_the_validation_loss() -> None:
+    config = build_scheduler("ReduceLROnPlateau", {"factor": 0.1, "patience": 5}, optimizer())
+    assert config["monitor"] == "valid_loss" and config["interval"] == "epoch"
+    assert build_scheduler(None, None, optimizer()) is None
+
+
+def test_bad_parameters_name_the_part_they_belong_to() -> None:
+    with pytest.raises(ConfigError, match="lr_scheduler_params for MultiStepLR"):
+        build_scheduler("MultiStepLR", {"milestone": [3]}, optimizer())
+    with pytest.raises(ConfigError, match="optimizer_params for AdamW"):
+        build_optimizer("AdamW", {"learning_rate": 0.1}, [torch.nn.Parameter(torch.zeros(1))])
+    with pytest.raises(ConfigError, match="loss_params for CrossEntropyLoss"):
+        build_loss("CrossEntropyLoss", {"smoothing": 0.1})
+
+
+def test_losses_are_ours_or_torch_nn() -> None:
+    assert isinstance(build_loss("LabelSmoothingCrossEntropy", {"smoothing": 0.2}), LabelSmoothingCrossEntropy)
+    assert isinstance(build_loss("NLLLoss", None), torch.nn.NLLLoss)
+
+
+@pytest.mark.parametrize("values, patience", [
+    ({}, 15),
+    ({"early_stopping_patience": 4}, 4),
+    ({"lr_scheduler": "ReduceLROnPlateau", "lr_scheduler_params": {"factor": 0.1, "patience": 5}}, 15),
+    ({"lr_scheduler": "ReduceLROnPlateau", "lr_scheduler_params": {"factor": 0.1, "patience": 7}}, 21),
+])
+def test_early_stopping_follows_the_thesis_rule_unless_set(values: dict, patience: int) -> None:
+    assert early_stopping_patience(validate(values)) == patience
+
+
+def test_sync_batchnorm_on_the_cpu_is_refused() -> None:
+    with pytest.raises(ConfigError, match="sync_batchnorm: true needs CUDA"):
+        check_hardware(validate({"sync_batchnorm": True, "accelerator": "cpu"}))
