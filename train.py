@@ -56,7 +56,7 @@ def train(config: dict[str, Any], resume: str | None = None) -> Path:
 
     from datasets.stanford_data_module import StanfordCarsDataModule
     from models.net_module import NetModule
-    from models.training_parts import check_hardware, check_names, early_stopping_patience
+    from models.training_parts import check_hardware, check_training_parts, early_stopping_patience
     from utils.plots import write_plots
     from utils.resilience import GracefulInterrupt, RngStateCheckpoint, find_resume_checkpoint
     from utils.run_outputs import MetricsCsvWriter, epochs_done, write_summary
@@ -66,7 +66,7 @@ def train(config: dict[str, Any], resume: str | None = None) -> Path:
     warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer`.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")  # we log per epoch
-    check_names(config)
+    check_training_parts(config)
     check_hardware(config)
     check_tracker_config(config)
     checkpoint = find_resume_checkpoint(resume, config) if resume else None

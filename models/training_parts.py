@@ -41,9 +41,9 @@ def _lookup(kind: str, name: str, classes: dict[str, type], where: str) -> type:
     return classes[name]
 
 
-def check_names(config: dict[str, Any]) -> None:
-    """Fail early, before any data is read, on an unknown architecture, loss, optimizer or scheduler name, or an
-    image size the architecture cannot take."""
+def check_training_parts(config: dict[str, Any]) -> None:
+    """Fail early, before any data is read or any run folder made: an unknown architecture, an image size it cannot
+    take, or a loss, optimizer or scheduler that cannot be built from its name and parameters."""
     from models.arch_dict import get_architectures_dictionary, min_image_size
 
     architectures = list(get_architectures_dictionary())
@@ -52,10 +52,9 @@ def check_names(config: dict[str, Any]) -> None:
     if min(config["image_size"]) < minimum:
         raise ConfigError(f"image_size {config['image_size']} is too small for architecture "
                           f"{config['architecture']!r}: it needs at least [{minimum}, {minimum}]")
-    _lookup("loss_function", config["loss_function"], loss_classes(), "a torch.nn loss or LabelSmoothingCrossEntropy")
-    _lookup("optimizer", config["optimizer"], optimizer_classes(), "in torch.optim")
-    if config["lr_scheduler"] is not None:
-        _lookup("lr_scheduler", config["lr_scheduler"], scheduler_classes(), "in torch.optim.lr_scheduler")
+    build_loss(config["loss_function"], config["loss_params"])
+    probe = build_optimizer(config["optimizer"], config["optimizer_params"], [torch.nn.Parameter(torch.zeros(1))])
+    build_scheduler(config["lr_scheduler"], config["lr_scheduler_params"], probe)
 
 
 def check_hardware(config: dict[str, Any]) -> None:

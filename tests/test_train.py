@@ -170,3 +170,15 @@ def test_device_options_train_end_to_end_on_the_cpu(data: Path, tmp_path: Path) 
     run_dir = next((tmp_path / "output").iterdir())
     metrics = pd.read_csv(run_dir / "metrics.csv")
     assert metrics["epoch"].tolist() == [0] and metrics["train_loss"].notna().all()
+
+
+def test_bad_scheduler_parameters_fail_before_any_run_folder_exists(data: Path, tmp_path: Path, capsys) -> None:
+    import train
+    from utils.cli import run_main
+
+    config = tiny_config(tmp_path, data)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(train.main, ["--config", str(config), "--set", "lr_scheduler_params={milestone: [3]}"])
+    assert exit_info.value.code == 2
+    assert "lr_scheduler_params for MultiStepLR" in capsys.readouterr().err
+    assert not (tmp_path / "output").exists()
