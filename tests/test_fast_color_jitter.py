@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from datasets.fast_color_jitter import FastColorJitter, adjust_brightness, adjust_contrast
+from datasets.fast_color_jitter import FastColorJitter, adjust_brightness, adjust_contrast, adjust_saturation
 from datasets.transforms import build_v2_pipeline
 
 JITTER_SETTINGS = [
@@ -49,7 +49,7 @@ def test_fast_color_jitter_pixels_equal_v2_color_jitter_for_the_same_seed(settin
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L"])
-def test_brightness_and_contrast_tables_equal_image_enhance_at_range_ends(mode: str) -> None:
+def test_brightness_contrast_saturation_equal_image_enhance_at_range_ends(mode: str) -> None:
     from torchvision.transforms.v2 import functional as F
 
     rng = np.random.default_rng(7)
@@ -63,6 +63,8 @@ def test_brightness_and_contrast_tables_equal_image_enhance_at_range_ends(mode: 
                                   np.asarray(F.adjust_brightness(image, brightness_factor=factor))), factor
             assert np.array_equal(np.asarray(adjust_contrast(image, factor)),
                                   np.asarray(F.adjust_contrast(image, contrast_factor=factor))), factor
+            assert np.array_equal(np.asarray(adjust_saturation(image, factor)),
+                                  np.asarray(F.adjust_saturation(image, saturation_factor=factor))), factor
 
 
 def test_fast_color_jitter_draws_the_parent_parameters_in_the_same_order() -> None:
