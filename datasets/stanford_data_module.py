@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 import pytorch_lightning as pl
 from lightning_fabric.utilities.seed import pl_worker_init_function
+from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
@@ -126,7 +127,7 @@ class StanfordCarsDataModule(pl.LightningDataModule):
             num_workers=workers,
             worker_init_fn=init_worker if workers > 0 else None,
             pin_memory=self.config["pin_memory"] and self.trainer is not None
-            and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator",
+            and isinstance(self.trainer.accelerator, CUDAAccelerator),
             persistent_workers=self.config["persistent_workers"] and workers > 0,
             prefetch_factor=self.config["prefetch_factor"] if workers > 0 else None,
         )
