@@ -36,4 +36,4 @@ def test_full_demo_learns_well_above_chance(tmp_path: Path) -> None:
     run_dir = run_demo(tmp_path, [])
     summary = json.loads((run_dir / "summary.json").read_text())
     # 10 classes: chance is 10 %.
-    assert summary["max_valid_acc"] > 0.5, summary
+    assert summary["max_valid_acc"] > 0.7, summary
