@@ -56,8 +56,9 @@ class NetModule(pl.LightningModule):
             self.augment = DeviceAugmenter(device_augmentations.get("image"), device_augmentations.get("tensor"))
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        # Kept outside the module tree so that checkpoints hold the plain network's weights.
-        self._forward_net = torch.compile(self.net) if compile else self.net
+        # Stored around nn.Module's attribute registration: as a submodule, the compiled wrapper would put a second
+        # copy of every weight into checkpoints, under keys that an uncompiled module cannot load.
+        self.__dict__["_compiled_net"] = torch.compile(self.net) if compile else None
         self.metrics = torch.nn.ModuleDict({
             f"{stage}_{name}": metric
             for stage in ("train", "valid")
@@ -89,7 +90,7 @@ class NetModule(pl.LightningModule):
         return sum(p.numel() for p in self.net.parameters())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self._forward_net(images)
+        return (self._compiled_net or self.net)(images)
 
     def preprocess(self, images: torch.Tensor, train: bool) -> torch.Tensor:
         """uint8 or [0, 1] float batch -> augmented (optional) and normalized float batch."""
