@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from datasets.transforms import Bbox, PrefixSettings, apply_prefix
 from utils.errors import DataError
+from utils.files import write_text_atomic
 
 log = logging.getLogger("cars")
 
@@ -113,8 +114,6 @@ def _build(data_file: Path, meta_file: Path, image_dir: Path, fnames: Sequence[s
     for name in corrupt:
         log.warning("skipping corrupt image %s (skip_corrupt_images: true)", image_dir / name)
     # The metadata is written last: its presence marks a complete cache.
-    tmp_meta = meta_file.with_name(meta_file.name + ".tmp")
-    tmp_meta.write_text(json.dumps({"fnames": len(fnames), "corrupt": sorted(corrupt), **settings.key()}))
-    os.replace(tmp_meta, meta_file)
+    write_text_atomic(meta_file, json.dumps({"fnames": len(fnames), "corrupt": sorted(corrupt), **settings.key()}))
     size_mb = data_file.stat().st_size / 2**20
     log.info("image cache: built %s (%d images, %.0f MB)", data_file, len(fnames), size_mb)

@@ -8,7 +8,6 @@ unless `force` is set.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from datasets import mat_annotations as mat
 from datasets.image_extraction import ExtractionReport, extract_images
 from datasets.raw_layout import ORIGINAL, UPDATED, RawLayout, detect_layout
 from utils.errors import DataError
+from utils.files import write_text_atomic
 
 log = logging.getLogger("cars")
 
@@ -125,15 +125,6 @@ def is_complete(data_dir: Path, tables: dict[str, pd.DataFrame]) -> bool:
     return True
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
 def _wanted(layout: RawLayout, tables: dict[str, pd.DataFrame], data_dir: Path) -> dict[str, dict[str, Path]]:
     """Per image source: base name -> where the image goes."""
     def targets(split: str) -> dict[str, Path]:
@@ -207,7 +198,7 @@ def prepare_dataset(raw_dir: Path, data_dir: Path, force: bool = False) -> Prepa
         reports[key] = (extract_images(source, wanted, data_dir, label), wanted)
     _check_reports(reports, layout)
     for split in SPLITS:
-        _write_atomically(labels_csv(data_dir, split), _csv_text(tables[split]))
+        write_text_atomic(labels_csv(data_dir, split), _csv_text(tables[split]))
     summary = _summary(layout.name, tables, time.perf_counter() - start, skipped=False)
     _log_summary(summary, data_dir)
     return summary

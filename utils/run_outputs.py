@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from pytorch_lightning.callbacks import Callback
 
 from utils.configuration import dump_yaml
 from utils.errors import ConfigError
+from utils.files import write_text_atomic
 
 log = logging.getLogger("cars")
 
@@ -49,13 +49,6 @@ def create_run_dir(output_path: Path, run_name: str | None, architecture: str) -
     raise ConfigError(f"cannot find a free run folder name for {base} in {output_path}")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_run_config(run_dir: Path, config: dict[str, Any]) -> Path:
     """The resolved config, secrets masked, as `config.yml`."""
     path = run_dir / "config.yml"
@@ -79,8 +72,7 @@ class MetricsCsvWriter(Callback):
         if self.path.exists():
             kept = pd.read_csv(self.path)
             kept = kept[kept["epoch"] < trainer.current_epoch]
-            kept.to_csv(self.path.with_name(self.path.name + ".tmp"), index=False)
-            os.replace(self.path.with_name(self.path.name + ".tmp"), self.path)
+            write_text_atomic(self.path, kept.to_csv(index=False))
         else:
             with self.path.open("w", newline="") as handle:
                 csv.writer(handle).writerow(METRIC_COLUMNS)

@@ -1,0 +1,17 @@
+"""Small file helpers shared by data preparation, the image cache and the run folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file, flushed to disk, then renamed: readers never see half a file, and a crash leaves
+    either the old file or the new one."""
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", encoding="utf-8", newline="") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
