@@ -45,6 +45,12 @@ def run_script(script: str, args: list[str], cwd: Path, timeout: int = 600,
                           timeout=timeout, env=full_env)
 
 
+def run_module(module: str, args: list[str], cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `python -m module` (e.g. utils.summary) with this interpreter, from `cwd`."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
 def run_train(args: list[str], cwd: Path, timeout: int = 600, env: dict[str, str] | None = None
               ) -> subprocess.CompletedProcess:
     return run_script("train.py", args, cwd, timeout, env)

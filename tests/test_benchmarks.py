@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -17,16 +15,15 @@ from benchmarks import data_pipeline
 from benchmarks.common import generate_prepared, markdown_table
 from benchmarks.training_throughput import C50_EPOCHS, TRAIN_IMAGES, VALID_IMAGES
 from datasets.stanford_data_module import StanfordCarsDataModule
+from tests.helpers import run_module
 from utils.cli import run_main
 from utils.configuration import validate
 
-ROOT = Path(__file__).resolve().parent.parent
 NUMBER = r"\d+(?:\.\d+)?"
 
 
 def run_script(module: str, *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=120)
+    result = run_module(module, list(args))
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 

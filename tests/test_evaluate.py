@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from tests.helpers import ROOT, generated_prepared_data, tiny_config
+from tests.helpers import generated_prepared_data, run_module, tiny_config
 from utils.errors import DataError
 
 
@@ -46,8 +44,7 @@ def _direct_predictions(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_cli_accuracy_equals_direct_computation_and_writes_the_reports(run_dir: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "models.evaluate", "--checkpoint",
-                             str(run_dir / "checkpoints" / "best.ckpt")], cwd=ROOT, capture_output=True, text=True)
+    result = run_module("models.evaluate", ["--checkpoint", str(run_dir / "checkpoints" / "best.ckpt")])
     assert result.returncode == 0, result.stderr
     out = run_dir / "evaluation"
     metrics = json.loads((out / "metrics.json").read_text())

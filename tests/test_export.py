@@ -5,8 +5,6 @@ the JSON beside them is enough to preprocess an image the way predict.py does.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import ROOT, generated_prepared_data, tiny_config
+from tests.helpers import generated_prepared_data, run_module, tiny_config
 from utils.errors import UserError
 
 
@@ -94,8 +92,8 @@ def test_json_contract_alone_preprocesses_an_image_as_predict_does(checkpoint: P
 
 
 def test_cli_refuses_json_output_and_non_checkpoints_in_one_line(checkpoint: Path, tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "models.export", "--checkpoint", str(checkpoint), "--format", "onnx",
-                             "--output", str(tmp_path / "model.json")], cwd=ROOT, capture_output=True, text=True)
+    result = run_module("models.export", ["--checkpoint", str(checkpoint), "--format", "onnx",
+                                          "--output", str(tmp_path / "model.json")])
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "ends in .json" in result.stderr
     not_a_checkpoint = tmp_path / "notes.ckpt"
     not_a_checkpoint.write_text("not a checkpoint")

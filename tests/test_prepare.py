@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,9 +15,8 @@ import datasets.image_extraction as image_extraction
 import datasets.prepare as prepare_module
 from datasets.class_names import STANFORD_CARS_CLASS_NAMES
 from datasets.prepare import CSV_COLUMNS, labels_csv, prepare_dataset
+from tests import helpers
 from tests.prepare_helpers import ROOT, extract_archives, labels_by_pixels, make_raw
-
-SCRIPT = str(ROOT / "prepare_stanford_dataset.py")
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +152,7 @@ def test_interrupted_run_leaves_no_csv_and_a_rerun_completes(raw_downloads, tmp_
 
 
 def run_script(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return helpers.run_script("prepare_stanford_dataset.py", list(args), cwd)
 
 
 def test_script_makes_synthetic_data_prepares_it_and_reruns_as_a_noop(tmp_path):

@@ -4,14 +4,12 @@ another past failures; utils.summary prints the thesis-style table of run folder
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import ROOT, generated_prepared_data, tiny_config
+from tests.helpers import ROOT, generated_prepared_data, run_module, tiny_config
 from utils.configuration import defaults, load_config
 from utils.run_params import run_params
 from utils.summary import main as summary_main
@@ -81,8 +79,7 @@ def test_summary_table_lists_runs_best_valid_accuracy_first(tmp_path: Path, caps
 
 
 def test_summary_without_runs_is_a_one_line_error(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "utils.summary", "--output-path", str(tmp_path)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    result = run_module("utils.summary", ["--output-path", str(tmp_path)])
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no run folders" in result.stderr
 
 
@@ -91,9 +88,7 @@ def test_series_goes_on_after_a_failed_run_and_the_summary_lists_the_runs(tmp_pa
     good = tiny_config(tmp_path, data, "good.yml", tags=["C-2"], description="tiny good")
     bad = tiny_config(tmp_path, data, "bad.yml", optimizer="AdamX")
     good_too = tiny_config(tmp_path, data, "good_too.yml", tags=["C-3"], description="tiny second")
-    result = subprocess.run(
-        [sys.executable, "-m", "utils.series", str(good), str(bad), str(good_too), "--set", "num_epochs=1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    result = run_module("utils.series", [str(good), str(bad), str(good_too), "--set", "num_epochs=1"], timeout=900)
     assert result.returncode == 1, result.stdout + result.stderr
     report = result.stdout.split("=== series report: ")[1].splitlines()
     assert report[0] == "2 ok, 1 failed"
@@ -104,8 +99,7 @@ def test_series_goes_on_after_a_failed_run_and_the_summary_lists_the_runs(tmp_pa
     assert len(runs) == 2 and all(json.loads((r / "summary.json").read_text())["epochs_run"] == 1 for r in runs)
     assert str(runs[0]) in report[1] and str(runs[1]) in report[3]
 
-    table = subprocess.run([sys.executable, "-m", "utils.summary", "--output-path", str(tmp_path / "output")],
-                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+    table = run_module("utils.summary", ["--output-path", str(tmp_path / "output")])
     assert table.returncode == 0, table.stderr
     rows = table.stdout.splitlines()[2:]
     assert len(rows) == 2 and {row.split(" | ")[1] for row in rows} == {"C-2", "C-3"}
