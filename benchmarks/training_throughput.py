@@ -146,7 +146,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         choices=["32-true", "bf16-mixed"], help="precisions to measure (default both)")
     parser.add_argument("--channels-last", choices=["both", "off", "on"], default="both",
                         help="channels_last settings to measure (default both)")
-    parser.add_argument("--compile", choices=["auto", "both", "off"], default="auto",
+    parser.add_argument("--compile", choices=["auto", "both", "off", "on"], default="auto",
                         help="torch.compile settings: auto = off and on with a GPU, off only on CPU (default auto)")
     parser.add_argument("--augment", choices=["auto", "cpu", "device"], default="auto",
                         help="where the full pipeline augments: auto = device with a GPU, cpu otherwise")
@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--device cuda: torch sees no CUDA GPU on this machine (use --device auto or cpu)")
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
-    compiles = [False, True] if args.compile == "both" or (args.compile == "auto" and device.type == "cuda") else [False]
+    compiles = {"both": [False, True], "off": [False], "on": [True],
+                "auto": [False, True] if device.type == "cuda" else [False]}[args.compile]
     lasts = {"both": [False, True], "off": [False], "on": [True]}[args.channels_last]
     on_device = args.augment == "device" or (args.augment == "auto" and device.type == "cuda")
     settings = list(itertools.product(args.precisions, lasts, compiles))

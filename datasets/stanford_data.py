@@ -40,6 +40,12 @@ def read_labels(data_path: Path, split: str) -> pd.DataFrame:
         raise DataError(f"{csv_path} lacks column(s) {', '.join(missing)}")
     if labels.empty:
         raise DataError(f"{csv_path} has no rows")
+    # The metrics skip their per-batch range checks (they would stall a GPU), so bad ids must stop here.
+    classes = pd.to_numeric(labels["class"], errors="coerce")
+    bad = labels["class"][classes.isna() | (classes < 1) | (classes % 1 != 0)]
+    if not bad.empty:
+        raise DataError(f"{csv_path}: column class must hold whole numbers >= 1 (1-based ids), found "
+                        f"{bad.iloc[0]!r} in row {bad.index[0] + 2}")
     return labels
 
 

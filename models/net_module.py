@@ -59,10 +59,13 @@ class NetModule(pl.LightningModule):
         # Stored around nn.Module's attribute registration: as a submodule, the compiled wrapper would put a second
         # copy of every weight into checkpoints, under keys that an uncompiled module cannot load.
         self.__dict__["_compiled_net"] = torch.compile(self.net) if compile else None
+        # Without their input checks: those read values back from the device, a host-device sync every batch that
+        # stalls a GPU. Targets are checked when the labels are read; a NaN loss still shows, as a NaN mean.
         self.metrics = torch.nn.ModuleDict({
             f"{stage}_{name}": metric
             for stage in ("train", "valid")
-            for name, metric in (("loss", MeanMetric()), ("acc", MulticlassAccuracy(num_classes, average="micro")))
+            for name, metric in (("loss", MeanMetric(nan_strategy="disable")),
+                                 ("acc", MulticlassAccuracy(num_classes, average="micro", validate_args=False)))
         })
 
     @classmethod

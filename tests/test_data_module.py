@@ -114,6 +114,16 @@ def test_missing_labels_csv_names_the_file(prepared: Path) -> None:
         StanfordCarsDataModule(config_for(prepared))
 
 
+@pytest.mark.parametrize("bad_class", [0, 2.5, "sedan"])
+def test_class_ids_that_are_not_whole_numbers_from_1_name_the_row(prepared: Path, bad_class: object) -> None:
+    labels = pd.read_csv(prepared / "train_labels.csv")
+    labels["class"] = labels["class"].astype(object)
+    labels.loc[3, "class"] = bad_class
+    labels.to_csv(prepared / "train_labels.csv", index=False)
+    with pytest.raises(DataError, match=r"train_labels\.csv: column class .* in row 5"):
+        StanfordCarsDataModule(config_for(prepared))
+
+
 @pytest.mark.parametrize("cache_images", [True, False])
 def test_corrupt_image_error_names_the_file(prepared: Path, cache_images: bool) -> None:
     (prepared / "train" / "00003.jpg").write_bytes(b"not a jpeg")

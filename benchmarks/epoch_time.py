@@ -1,0 +1,108 @@
+"""Wall time of real training epochs through train.py's `train()`, and the C-50 time projected from them.
+
+    python -m benchmarks.epoch_time [--train-images 8144] [--test-images 8041] [--epochs 4] [--set KEY=VALUE ...]
+
+On generated 700x480 JPEGs (Stanford Cars' split sizes by default), with the default (C-50) config plus `--set`
+overrides, it runs `train()` twice: for 1 epoch, then for `--epochs` epochs. Everything a real run does is in the
+time (DataLoader, augmentations, training, validation, metrics, checkpoints, metrics.csv, plots); the image cache is
+built beforehand and timed apart, as `prepare` is. The difference of the two runs over the extra epochs is the
+steady epoch time, and the 1-epoch run holds the start-up (workers, cuDNN autotuning, compilation):
+projected C-50 = start-up run + (129 - 1) x steady epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+from benchmarks.common import generate_prepared, load_average, machine_description, markdown_table
+from benchmarks.training_throughput import C50_EPOCHS, TARGET_MINUTES, TRAIN_IMAGES, VALID_IMAGES, quiet_lightning
+from utils.cli import run_main
+from utils.configuration import apply_overrides, defaults, validate
+from utils.errors import UserError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-images", type=int, default=TRAIN_IMAGES, help=f"default {TRAIN_IMAGES}")
+    parser.add_argument("--test-images", type=int, default=VALID_IMAGES, help=f"default {VALID_IMAGES}")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs of the longer run, at least 2 (default 4)")
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides as in train.py, e.g. precision=bf16-mixed gpu_augmentations=true")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="where to generate the data (default: a temporary folder, removed afterwards); "
+                             "a folder generated earlier with the same sizes is reused")
+    args = parser.parse_args(argv)
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the steady epoch is the difference of two runs")
+    return args
+
+
+def timed_run(config: dict, epochs: int) -> float:
+    """Seconds of one `train()` of `epochs` epochs."""
+    from train import train
+
+    start = time.perf_counter()
+    run_dir = train({**config, "num_epochs": epochs, "run_name": None})
+    elapsed = time.perf_counter() - start
+    done = sum(1 for _ in (run_dir / "metrics.csv").open()) - 1
+    if done != epochs:
+        raise UserError(f"the {epochs}-epoch run stopped after {done} epoch(s) (early stopping?): see {run_dir}")
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    quiet_lightning()
+    logging.getLogger("cars").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    with tempfile.TemporaryDirectory(prefix="cars-epoch-") as tmp:
+        data_path = args.data_dir or Path(tmp) / "stanford"
+        print(f"generating {args.train_images} train + {args.test_images} test images of about 700x480 in "
+              f"{data_path} ...", flush=True)
+        generate_prepared(data_path, args.train_images, args.test_images)
+        base = {"stanford_data_path": str(data_path), "cache_dir": str(Path(tmp) / "cache"),
+                "output_path": str(Path(tmp) / "runs"), "logging_dir": str(Path(tmp) / "logs"),
+                "log_to_mlflow": False, "log_to_neptune": False}
+        config = validate(apply_overrides({**defaults(), **base}, args.overrides), "defaults with --set overrides")
+        from datasets.stanford_data_module import StanfordCarsDataModule
+
+        machine = machine_description()
+        start = time.perf_counter()
+        StanfordCarsDataModule(config).setup("fit")
+        cache_seconds = time.perf_counter() - start
+        print(f"image cache built in {cache_seconds:.1f} s; training 1 epoch ...", flush=True)
+        first = timed_run(config, 1)
+        print(f"training {args.epochs} epochs ...", flush=True)
+        longer = timed_run(config, args.epochs)
+    steady = (longer - first) / (args.epochs - 1)
+    projected = (first + (C50_EPOCHS - 1) * steady) / 60
+    images = args.train_images + args.test_images
+    print()
+    print("\n".join(machine))
+    print(f"load average (1, 5, 15 min) at end: {load_average()}")
+    print(f"defaults (C-50 recipe) with overrides: {' '.join(args.overrides) or 'none'}; "
+          f"{args.train_images} train + {args.test_images} validation images; "
+          f"one-off image cache build {cache_seconds:.1f} s (not in the times below)")
+    print()
+    print(markdown_table(
+        ["measure", "value"],
+        [["1-epoch run, start-up included (s)", f"{first:.1f}"],
+         [f"{args.epochs}-epoch run (s)", f"{longer:.1f}"],
+         ["steady epoch: training + validation (s)", f"{steady:.2f}"],
+         ["steady rate, training + validation images/s", f"{images / steady:.0f}"],
+         [f"projected C-50: {C50_EPOCHS} epochs (min)", f"{projected:.1f}"]]))
+    if (args.train_images, args.test_images) != (TRAIN_IMAGES, VALID_IMAGES):
+        print(f"\n(projected for these split sizes, not C-50's {TRAIN_IMAGES:,} + {VALID_IMAGES:,}: no verdict)")
+    else:
+        print(f"\ntarget: C-50 under {TARGET_MINUTES:.0f} min on one H100: "
+              f"{'met' if projected < TARGET_MINUTES else 'NOT met'} on this machine")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

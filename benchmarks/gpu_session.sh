@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Everything to check and measure on a CUDA machine, in one call, most valuable first:
+# the CUDA tests, where the training loop waits for the GPU, the data pipeline with device augmentation, training
+# throughput (model-only vs full pipeline), real epochs through train() with the C-50 projection, then compile.
+# Each step's whole output goes to $OUT/<step>.log (default ./gpu-logs); its tail is printed.
+#
+#     bash benchmarks/gpu_session.sh [step ...]      (default: every step)
+set -u
+OUT=${OUT:-gpu-logs}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+FAST="gpu_augmentations=true precision=bf16-mixed channels_last=true"
+
+step() {
+    local name=$1 limit=$2 start rc
+    shift 2
+    echo "=== $name (limit ${limit} s): $*"
+    start=$(date +%s)
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    rc=$?
+    echo "--- $name: exit $rc after $(($(date +%s) - start)) s"
+    grep -v "it/s\]\|s/it\]" "$OUT/$name.log" | tail -n "${TAIL:-22}"
+}
+
+want() { [ $# -eq 0 ] || [[ " $WANTED " == *" $1 "* ]]; }
+WANTED=" $* "
+[ $# -eq 0 ] && WANTED=""
+
+{
+    date -u
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+    $PY -c "import sys, torch, torchvision, pytorch_lightning, torchmetrics, PIL; print(sys.version.split()[0], \
+torch.__version__, torchvision.__version__, pytorch_lightning.__version__, torchmetrics.__version__, PIL.__version__)"
+    nproc
+} >"$OUT/env.log" 2>&1
+cat "$OUT/env.log"
+
+want tests && step tests 200 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+    "tests/test_device_augment.py::test_cuda_batch_stays_on_device_and_seeds_reproduce"
+want syncs && step syncs 120 $PY -m benchmarks.sync_report --batches 20 --set $FAST
+want pipeline && step pipeline 150 $PY -m benchmarks.data_pipeline --images 1024 --epochs 3
+want throughput && step throughput 200 $PY -m benchmarks.training_throughput --batches 100 --compile off \
+    --data-dir /tmp/cars-bench-throughput
+want epochs && step epochs 200 $PY -m benchmarks.epoch_time --epochs 4 --data-dir /tmp/cars-bench-epochs --set $FAST
+want compile && step compile 240 $PY -m benchmarks.training_throughput --batches 100 --compile on \
+    --precisions bf16-mixed --channels-last on --data-dir /tmp/cars-bench-throughput
+exit 0

@@ -1,0 +1,61 @@
+"""On a CUDA GPU only: the training step never waits for the GPU, and train.py runs with every device option on."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from models.net_module import NetModule
+from tests.helpers import generated_prepared_data, run_train, tiny_config
+from utils.configuration import validate
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_training_step_with_device_augmentations_never_synchronizes() -> None:
+    """A host-device sync per batch (a metric's input check, a .item()) stops the CPU from queueing ahead."""
+    config = validate({"gpu_augmentations": True, "image_size": [64, 64]})
+    module = NetModule.from_config(config, num_classes=10, class_names=[str(i) for i in range(10)]).cuda()
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    images = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8, device="cuda")
+    targets = torch.randint(0, 10, (8,), device="cuda")
+
+    def step() -> None:
+        loss = module._step((module.preprocess(images, train=True), targets), "train")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    module.train()
+    step()  # first call: cuDNN and allocator set-up may wait for the device, once
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(3):
+                step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
+    assert not syncs, f"host-device syncs in the training step at {sorted(set(syncs))}"
+    assert module.metrics["train_acc"].compute().item() >= 0  # the metrics did run
+
+
+def test_train_runs_on_the_gpu_with_bf16_channels_last_and_device_augmentations(tmp_path: Path) -> None:
+    data = generated_prepared_data(tmp_path / "data", classes=4, train_per_class=8, test_per_class=4)
+    config = tiny_config(tmp_path, data, accelerator="gpu", precision="bf16-mixed", channels_last=True,
+                         gpu_augmentations=True, num_workers=2)
+    result = run_train(["--config", str(config)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = next((tmp_path / "output").iterdir())
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert list(metrics["epoch"]) == [0, 1] and metrics["train_loss"].notna().all()
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert all(not key.startswith("_compiled") for key in checkpoint["state_dict"])
