@@ -23,7 +23,7 @@ step() {
     grep -v "it/s\]\|s/it\]" "$OUT/$name.log" | tail -n "${TAIL:-22}"
 }
 
-want() { [ $# -eq 0 ] || [[ " $WANTED " == *" $1 "* ]]; }
+want() { [ -z "$WANTED" ] || [[ " $WANTED " == *" $1 "* ]]; }
 WANTED=" $* "
 [ $# -eq 0 ] && WANTED=""
 
