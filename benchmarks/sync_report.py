@@ -40,7 +40,7 @@ class SyncRecorder(pl.Callback):
     def _record(self, message: Any, category: Any, filename: str, lineno: int, *args: Any, **kwargs: Any) -> None:
         if "synchroniz" not in str(message):
             return self._showwarning(message, category, filename, lineno, *args, **kwargs)
-        frames = [f for f in traceback.extract_stack()[:-1] if "/torch/" not in f.filename
+        frames = [f for f in traceback.extract_stack()[:-1] if "/site-packages/torch/" not in f.filename
                   and not f.filename.endswith("sync_report.py") and "/warnings.py" not in f.filename]
         self.sites[" <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames[-3:][::-1])] += 1
 

@@ -54,6 +54,7 @@ def model_only(config: dict[str, Any], device: torch.device, precision: str, cha
     from models.arch_dict import build_architecture
     from models.label_smoothing_ce import LabelSmoothingCrossEntropy
 
+    torch.backends.cudnn.benchmark = True  # as train.py's Trainer(benchmark=True)
     net = build_architecture(config["architecture"], num_classes=NUM_CLASSES, img_channels=3,
                              dropout=config["dropout"], output_channels=config["output_channels"]).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -99,6 +100,7 @@ class BatchClock(pl.Callback):
         self._mark("valid", pl_module, batch_idx)
 
     def rate(self, stage: str, batch_size: int) -> float:
+        """Images/s between the first and the last mark (full batches of `batch_size` only)."""
         marks = self.marks[stage]
         return (len(marks) - 1) * batch_size / (marks[-1] - marks[0])
 
@@ -120,13 +122,19 @@ def full_pipeline(config: dict[str, Any], device: torch.device, precision: str, 
         normalization=config["normalization_params_rgb"], device_augmentations=device_augment,
         image_size=tuple(config["image_size"]), channels_last=channels_last, compile=compile)
     clock = BatchClock(warmup)
+    valid_batch = data.batch_size("test")
+    # Whole validation batches only (validation batches are larger; the same images are generated for both splits).
+    valid_batches = (warmup + batches) * config["batch_size"] // valid_batch
+    if valid_batches <= warmup + 1:
+        raise UserError(f"--batches {batches} leaves {valid_batches} validation batches of {valid_batch}: too few "
+                        f"to time after {warmup} warm-up ones; give more --batches")
     trainer = pl.Trainer(
-        accelerator=device.type, devices=1, precision=precision, max_epochs=1,
-        limit_train_batches=warmup + batches, limit_val_batches=warmup + batches, num_sanity_val_steps=0,
+        accelerator=device.type, devices=1, precision=precision, max_epochs=1, benchmark=True,
+        limit_train_batches=warmup + batches, limit_val_batches=valid_batches, num_sanity_val_steps=0,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         callbacks=[clock])
     trainer.fit(module, datamodule=data)
-    return clock.rate("train", config["batch_size"]), clock.rate("valid", config["batch_size"])
+    return clock.rate("train", config["batch_size"]), clock.rate("valid", valid_batch)
 
 
 def c50_minutes(train_rate: float, valid_rate: float) -> float:
@@ -140,6 +148,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="untimed batches first (default 3, or 5 when compiling)")
     parser.add_argument("--image-size", type=int, default=227, help="square image size in px (default 227)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    parser.add_argument("--valid-batch-size", type=int, default=None,
+                        help="validation batch size (default: the project's, 4 x --batch-size)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto = cuda when available, else cpu (default auto)")
     parser.add_argument("--precisions", nargs="+", default=["32-true", "bf16-mixed"],
@@ -191,9 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         generate_prepared(data_path, count, count)
         overrides = {"stanford_data_path": str(data_path), "cache_dir": str(Path(tmp) / "cache"),
                      "image_size": [args.image_size, args.image_size], "batch_size": args.batch_size,
-                     "gpu_augmentations": on_device, "num_workers": args.workers}
-        config = validate({key: value for key, value in overrides.items() if value is not None or key != "num_workers"})
-        StanfordCarsDataModule(config).setup("fit")  # build the cache once, outside every timing
+                     "gpu_augmentations": on_device, "num_workers": args.workers,
+                     "valid_batch_size": args.valid_batch_size}
+        config = validate(overrides)
+        prepared = StanfordCarsDataModule(config)
+        prepared.setup("fit")  # build the cache once, outside every timing
+        valid_batch = prepared.batch_size("test")
         results = []
         for precision, channels_last, compile in settings:
             warmup = args.warmup if args.warmup is not None else (5 if compile else 3)
@@ -203,12 +216,12 @@ def main(argv: list[str] | None = None) -> int:
             train_rate, valid_rate = full_pipeline(config, device, precision, channels_last, compile, args.batches,
                                                    warmup)
             results.append((label, model_rate, train_rate, valid_rate))
-    print_report(args, config, device, on_device, results, machine)
+    print_report(args, config, device, on_device, valid_batch, results, machine)
     return 0
 
 
 def print_report(args: argparse.Namespace, config: dict[str, Any], device: torch.device, on_device: bool,
-                 results: list[tuple[str, float, float, float]], machine: list[str]) -> None:
+                 valid_batch: int, results: list[tuple[str, float, float, float]], machine: list[str]) -> None:
     base = results[0][2]
     rows = [[label, f"{model:.1f}", f"{train:.1f}", f"{train / model:.0%}", f"{valid:.1f}", f"{train / base:.2f}x",
              f"{c50_minutes(train, valid):.1f}"] for label, model, train, valid in results]
@@ -218,6 +231,7 @@ def print_report(args: argparse.Namespace, config: dict[str, Any], device: torch
     workers = config["num_workers"] if config["num_workers"] is not None else "project default"
     print(f"device {device.type}; GhostNet (output_channels {config['output_channels']}, {NUM_CLASSES} classes), "
           f"batch {args.batch_size}, {args.image_size}x{args.image_size} px, {args.batches} timed batches; "
+          f"validation batch {valid_batch}; "
           f"full pipeline: cache on, augmentation on the {'device' if on_device else 'CPU'}, "
           f"DataLoader workers: {workers}, torch threads {torch.get_num_threads()}")
     print()

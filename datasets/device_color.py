@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
-from datasets.device_ops import DeviceOp, per_sample, uniform
+from datasets.device_ops import DeviceOp, constant, per_sample, uniform
 
 # ITU-R 601-2 luma weights, the ones torchvision's rgb_to_grayscale uses.
 LUMA = (0.2989, 0.587, 0.114)
@@ -39,7 +39,7 @@ def hue_shift(batch: Tensor, shift: Tensor) -> Tensor:
     hue6 = (hue6 + 6 * per_sample(shift)) % 6
     # HSV -> RGB without branches: channel n (R=5, G=3, B=1) is max - chroma * clamp(min(k, 4 - k), 0, 1),
     # with k = (n + hue6) mod 6.
-    n = torch.tensor([5.0, 3.0, 1.0], device=batch.device, dtype=batch.dtype).view(1, 3, 1, 1)
+    n = constant((5.0, 3.0, 1.0), batch.device, batch.dtype).view(1, 3, 1, 1)
     k = (n + hue6) % 6
     return maxc - chroma * torch.minimum(k, 4 - k).clamp(0, 1)
 

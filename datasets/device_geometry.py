@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms import InterpolationMode, v2
 
-from datasets.device_ops import DeviceOp, uniform
+from datasets.device_ops import DeviceOp, constant, uniform
 from utils.errors import ConfigError
 
 GRID_MODES = {InterpolationMode.NEAREST: "nearest", InterpolationMode.BILINEAR: "bilinear",
@@ -63,10 +63,10 @@ def warp(batch: Tensor, forward: Tensor, center: tuple[float, float], mode: str,
     a, b, c, d = linear[:, 0, 0], linear[:, 0, 1], linear[:, 1, 0], linear[:, 1, 1]
     inverse = torch.stack([d, -b, -c, a], dim=-1).view(-1, 2, 2) / (a * d - b * c).view(-1, 1, 1)
     # Output point p came from inverse @ (p - center - shift) + center.
-    centre = torch.tensor(center, dtype=forward.dtype, device=forward.device)
+    centre = constant(tuple(center), forward.device, forward.dtype)
     offset = centre - (inverse @ (centre + shift).unsqueeze(-1)).squeeze(-1)
     # Centred pixels -> grid_sample's [-1, 1] coordinates (align_corners=False): x / (W/2), y / (H/2).
-    half = torch.tensor([width / 2, height / 2], dtype=forward.dtype, device=forward.device)
+    half = constant((width / 2, height / 2), forward.device, forward.dtype)
     theta = torch.cat([inverse * half.view(1, 1, 2) / half.view(1, 2, 1), (offset / half).unsqueeze(-1)], dim=-1)
     grid = F.affine_grid(theta.to(batch.dtype), list(batch.shape), align_corners=False)
     if fill is None:
@@ -76,7 +76,7 @@ def warp(batch: Tensor, forward: Tensor, center: tuple[float, float], mode: str,
     sampled = F.grid_sample(torch.cat([batch, ones], dim=1), grid, mode=mode, padding_mode="zeros",
                             align_corners=False)
     image, inside = sampled[:, :-1], sampled[:, -1:].clamp(0, 1)
-    fill_t = torch.tensor(fill, dtype=batch.dtype, device=batch.device).view(1, -1, 1, 1)
+    fill_t = constant(tuple(fill), batch.device, batch.dtype).view(1, -1, 1, 1)
     return (image + (1 - inside) * fill_t).clamp_(0, 1)
 
 

@@ -7,6 +7,7 @@ PIL path, so the validated, normalised ranges and defaults are torchvision's own
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -22,6 +23,16 @@ def uniform(low: float | Tensor, high: float | Tensor, n: int, device: torch.dev
             generator: torch.Generator | None) -> Tensor:
     """n float32 draws from U[low, high), on `device`, from `generator` (or the global RNG)."""
     return low + (high - low) * torch.rand(n, device=device, generator=generator)
+
+
+@functools.lru_cache(maxsize=64)
+def constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+    """A small constant tensor on `device`, made once and then reused (do not modify it in place).
+
+    Building `torch.tensor(values, device=cuda)` copies from pageable host memory, which makes the CPU wait for the
+    GPU: once per batch, that stall keeps the CPU from queueing the next kernels while the GPU works.
+    """
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 def per_sample(mask: Tensor) -> Tensor:
@@ -119,5 +130,5 @@ class RandomErasing(DeviceOp):
         if self.value is None:
             fill = params["noise"]
         else:
-            fill = torch.tensor(self.value, device=batch.device).view(1, -1, 1, 1)
+            fill = constant(tuple(self.value), batch.device).view(1, -1, 1, 1)
         return torch.where(inside, fill.to(batch.dtype), batch)

@@ -103,6 +103,12 @@ class StanfordCarsDataModule(pl.LightningDataModule):
         """Images left out because they do not decode (skip_corrupt_images)."""
         return sum(dataset.skipped for dataset in self.datasets.values())
 
+    def batch_size(self, split: str) -> int:
+        """The training batch size, or the validation one (`valid_batch_size`, null = 4 x batch_size)."""
+        if split == "train":
+            return self.config["batch_size"]
+        return self.config["valid_batch_size"] or 4 * self.config["batch_size"]
+
     def _sampler(self, split: str, shuffle: bool) -> Sampler | None:
         """Under DDP each process reads its share; validation shares are not padded with repeats, so accuracy
         synced over the processes equals a single-process evaluation."""
@@ -121,7 +127,7 @@ class StanfordCarsDataModule(pl.LightningDataModule):
         sampler = self._sampler(split, shuffle)
         return DataLoader(
             self.datasets[split],
-            batch_size=self.config["batch_size"],
+            batch_size=self.batch_size(split),
             shuffle=shuffle and sampler is None,
             sampler=sampler,
             num_workers=workers,

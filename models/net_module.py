@@ -115,7 +115,8 @@ class NetModule(pl.LightningModule):
         images, targets = batch
         logits = self(images)
         loss = self.loss(logits, targets)
-        self.metrics[f"{stage}_loss"].update(loss.detach(), weight=targets.numel())
+        # The batch mean repeated per sample: weighting by a Python int would copy it to the device every batch.
+        self.metrics[f"{stage}_loss"].update(loss.detach().expand(targets.numel()))
         self.metrics[f"{stage}_acc"].update(logits.detach(), targets)
         return loss
 

@@ -76,6 +76,7 @@ def test_data_pipeline_prints_every_path_with_a_ratio_to_the_baseline() -> None:
 @pytest.mark.skipif(importlib.util.find_spec("models.arch_dict") is None, reason="models/arch_dict.py not merged")
 def test_training_throughput_prints_each_setting_and_a_consistent_c50_projection() -> None:
     output = run_script("benchmarks.training_throughput", "--batches", "2", "--warmup", "1", "--batch-size", "4",
+                        "--valid-batch-size", "4",
                         "--image-size", "32", "--precisions", "32-true", "bf16-mixed", "--channels-last", "on",
                         "--workers", "0", "--threads", "1", "--device", "cpu")
     rows = table_rows(output)

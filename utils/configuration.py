@@ -169,7 +169,11 @@ SCHEMA: tuple[Key, ...] = (
         nullable=True),
     # Network and training
     Key("architecture", "network", "ghost", STR, "A name of `models/arch_dict.py` (e.g. ghost, mob_v2, eff_b0)."),
-    Key("batch_size", "network", 64, POS_INT, "Images per batch (per device)."),
+    Key("batch_size", "network", 64, POS_INT, "Images per training batch (per device)."),
+    Key("valid_batch_size", "network", None, POS_INT,
+        "Images per validation batch (per device); null = 4 x batch_size. Validation keeps no activations for a "
+        "backward pass, so larger batches fit, and in eval mode the results do not depend on the batch size; "
+        "fewer, larger batches mean fewer kernel launches per image.", nullable=True),
     Key("num_epochs", "network", 200, POS_INT, "Maximum number of epochs."),
     Key("dropout", "network", 0.2, PROBABILITY, "Dropout rate before the last Linear layer (GhostNet only)."),
     Key("output_channels", "network", 320, POS_INT,

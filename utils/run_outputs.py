@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from utils.files import write_text_atomic
 
 log = logging.getLogger("cars")
 
-METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr"]
+METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "epoch_time_s"]
 
 
 def default_run_name(architecture: str, now: datetime | None = None) -> str:
@@ -60,18 +61,23 @@ class MetricsCsvWriter(Callback):
     """Appends one row per finished epoch to metrics.csv (rank 0 only), flushed at once so a crash loses nothing.
 
     On resume, rows of epochs at or after the resumed epoch are dropped first, so no epoch appears twice.
+    `epoch_time_s` is the wall time since the previous row (since training started, for the first epoch of a fit):
+    training, validation and the previous epoch's checkpoint saving.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._since = time.monotonic()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._since = time.monotonic()
         # on_train_start, not on_fit_start: only then has a resumed run's epoch counter been restored.
         if not trainer.is_global_zero:
             return
         if self.path.exists():
             kept = pd.read_csv(self.path)
-            kept = kept[kept["epoch"] < trainer.current_epoch]
+            # reindex: a metrics.csv written before a column was added keeps its rows, with that column empty.
+            kept = kept[kept["epoch"] < trainer.current_epoch].reindex(columns=METRIC_COLUMNS)
             write_text_atomic(self.path, kept.to_csv(index=False))
         else:
             with self.path.open("w", newline="") as handle:
@@ -83,6 +89,9 @@ class MetricsCsvWriter(Callback):
             return
         if record["epoch"] != trainer.current_epoch:
             return
+        now = time.monotonic()
+        record = {**record, "epoch_time_s": now - self._since}
+        self._since = now
         with self.path.open("a", newline="") as handle:
             csv.writer(handle).writerow([record["epoch"], *(f"{record[c]:.6g}" for c in METRIC_COLUMNS[1:])])
 
