@@ -91,7 +91,6 @@ def train(config: dict[str, Any], resume: str | None = None) -> Path:
         max_epochs=config["num_epochs"], accelerator=config["accelerator"], devices=config["devices"],
         num_nodes=config["num_nodes"], strategy=config["strategy"], precision=config["precision"],
         sync_batchnorm=config["sync_batchnorm"], deterministic=config["deterministic"], callbacks=callbacks,
-        benchmark=not config["deterministic"],  # cuDNN picks the fastest kernels for the fixed image size
         logger=loggers or False, default_root_dir=run_dir, num_sanity_val_steps=0, enable_model_summary=False,
         use_distributed_sampler=False,  # the data module picks its samplers (no padded validation shares)
     )

@@ -54,7 +54,6 @@ def model_only(config: dict[str, Any], device: torch.device, precision: str, cha
     from models.arch_dict import build_architecture
     from models.label_smoothing_ce import LabelSmoothingCrossEntropy
 
-    torch.backends.cudnn.benchmark = True  # as train.py's Trainer(benchmark=True)
     net = build_architecture(config["architecture"], num_classes=NUM_CLASSES, img_channels=3,
                              dropout=config["dropout"], output_channels=config["output_channels"]).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -129,7 +128,7 @@ def full_pipeline(config: dict[str, Any], device: torch.device, precision: str, 
         raise UserError(f"--batches {batches} leaves {valid_batches} validation batches of {valid_batch}: too few "
                         f"to time after {warmup} warm-up ones; give more --batches")
     trainer = pl.Trainer(
-        accelerator=device.type, devices=1, precision=precision, max_epochs=1, benchmark=True,
+        accelerator=device.type, devices=1, precision=precision, max_epochs=1,
         limit_train_batches=warmup + batches, limit_val_batches=valid_batches, num_sanity_val_steps=0,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         callbacks=[clock])
