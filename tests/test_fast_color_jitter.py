@@ -1,4 +1,5 @@
-"""FastColorJitter: the same pixels as torchvision's v2.ColorJitter on PIL images, bit for bit, and used by the pipeline."""
+"""FastColorJitter: torchvision's v2.ColorJitter on PIL images with the same draws; the same pixels bit for bit
+except for hue, which is within a few levels; used by the pipeline."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from datasets.fast_color_jitter import FastColorJitter, adjust_brightness, adjust_contrast, adjust_saturation
+from datasets.fast_color_jitter import (
+    FastColorJitter,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+)
 from datasets.transforms import build_v2_pipeline
 
 JITTER_SETTINGS = [
@@ -41,11 +48,38 @@ def jitter_outputs(transform: v2.Transform, image: Image.Image, seed: int) -> np
 @pytest.mark.parametrize("mode", ["RGB", "L"])
 @pytest.mark.parametrize("settings", JITTER_SETTINGS)
 def test_fast_color_jitter_pixels_equal_v2_color_jitter_for_the_same_seed(settings: dict, mode: str) -> None:
+    """Bit for bit without hue (and for L images, which hue leaves alone); within rounding of the HSV round trip
+    with hue on RGB images (factors up to 3 after the hue step amplify its rounding)."""
     reference, fast = v2.ColorJitter(**settings), FastColorJitter(**settings)
     rng = np.random.default_rng(len(str(settings)) + len(mode))
+    exact = "hue" not in settings or mode == "L"
     for seed in range(60):
         image = random_image(rng, mode)
-        assert np.array_equal(jitter_outputs(fast, image, seed), jitter_outputs(reference, image, seed)), seed
+        ours, theirs = jitter_outputs(fast, image, seed), jitter_outputs(reference, image, seed)
+        if exact:
+            assert np.array_equal(ours, theirs), seed
+        else:
+            difference = np.abs(ours.astype(int) - theirs.astype(int))
+            assert difference.mean() <= 1.5, seed
+
+
+def test_hue_through_opencv_stays_within_a_few_levels_of_torchvision_and_turns_the_same_way() -> None:
+    from torchvision.transforms.v2 import functional as F
+
+    rng = np.random.default_rng(11)
+    images = [random_image(rng, "RGB") for _ in range(8)]
+    for factor in np.linspace(-0.5, 0.5, 21):
+        for image in images:
+            ours = np.asarray(adjust_hue(image, float(factor))).astype(int)
+            theirs = np.asarray(F.adjust_hue(image, hue_factor=float(factor))).astype(int)
+            difference = np.abs(ours - theirs)
+            assert difference.max() <= 13 and difference.mean() <= 1.5, factor
+    red = Image.new("RGB", (4, 4), (255, 0, 0))
+    for factor, expected in ((1 / 3, (0, 255, 0)), (-1 / 3, (0, 0, 255))):
+        for result in (adjust_hue(red, factor), F.adjust_hue(red, hue_factor=factor)):
+            assert np.abs(np.asarray(result)[0, 0].astype(int) - expected).max() <= 8
+    gray = Image.new("L", (4, 4), 90)
+    assert adjust_hue(gray, 0.3) is gray or np.array_equal(np.asarray(adjust_hue(gray, 0.3)), np.asarray(gray))
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L"])
