@@ -21,27 +21,26 @@ def grayscale(batch: Tensor) -> Tensor:
     """(B, 1, H, W) luma of an RGB batch; a 1-channel batch is its own luma."""
     if batch.shape[1] == 1:
         return batch
-    r, g, b = batch.unbind(dim=1)
-    return (LUMA[0] * r + LUMA[1] * g + LUMA[2] * b).unsqueeze(1)
+    weights = constant(LUMA, batch.device, batch.dtype).view(1, 3, 1, 1)
+    return (batch * weights).sum(dim=1, keepdim=True)
 
 
 def hue_shift(batch: Tensor, shift: Tensor) -> Tensor:
     """Rotate each RGB image's hue by shift (B,) turns, keeping HSV saturation and value."""
     minc, maxc = batch.aminmax(dim=1, keepdim=True)
     chroma = maxc - minc
-    r, g, b = batch.unbind(dim=1)
-    r, g, b = r.unsqueeze(1), g.unsqueeze(1), b.unsqueeze(1)
-    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    r, g, b = batch[:, 0:1], batch[:, 1:2], batch[:, 2:3]
+    # Grey pixels (chroma 0) get hue 0 below, so any finite divisor does for them.
+    safe = chroma.clamp_min(torch.finfo(batch.dtype).tiny)
     # Hue in sixths of a turn, from whichever channel is the largest (red first on ties).
     hue6 = torch.where(maxc == r, ((g - b) / safe) % 6,
                        torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4))
-    hue6 = torch.where(chroma > 0, hue6, torch.zeros_like(hue6))
-    hue6 = (hue6 + 6 * per_sample(shift)) % 6
+    hue6 = hue6.masked_fill_(chroma == 0, 0).add_(6 * per_sample(shift)).remainder_(6)
     # HSV -> RGB without branches: channel n (R=5, G=3, B=1) is max - chroma * clamp(min(k, 4 - k), 0, 1),
     # with k = (n + hue6) mod 6.
     n = constant((5.0, 3.0, 1.0), batch.device, batch.dtype).view(1, 3, 1, 1)
-    k = (n + hue6) % 6
-    return maxc - chroma * torch.minimum(k, 4 - k).clamp(0, 1)
+    k = (n + hue6).remainder_(6)
+    return maxc - chroma * torch.minimum(k, 4 - k).clamp_(0, 1)
 
 
 class ColorJitter(DeviceOp):
@@ -67,31 +66,44 @@ class ColorJitter(DeviceOp):
         return params
 
     def apply(self, batch, params):
+        # Each sample blends (brightness, contrast, saturation) and shifts its hue in its own order. The hue step is
+        # the costly one, so it runs once for the whole batch: each sample's blends before its hue step run in up
+        # to three slots before it, and those after in up to three slots after; a slot a sample does not use blends
+        # it with factor 1, which leaves it unchanged. Every small per-sample tensor is made up front, so that the
+        # image-sized work is a few kernels per slot (this op runs on the GPU once per training batch).
         rgb = batch.shape[1] == 3
-        factors = torch.stack([params["brightness"], params["contrast"], params["saturation"]], dim=1)
-        factors = factors.to(batch.dtype)
+        order = params["order"]
+        dtype = batch.dtype
+        ones = torch.ones_like(params["brightness"])
+        by_component = torch.stack([params["brightness"], params["contrast"], params["saturation"], ones], dim=1)
+        factor = by_component.to(dtype).gather(1, order)  # (B, 4): each position's factor; 1 for the hue step
+        # Blend targets: t = mean_weight * mean(luma) + luma_weight * luma; black for brightness.
+        mean_weight = (order == CONTRAST).to(dtype)
+        # Saturation blends with luma; a 1-channel image is its own luma, so it stays unchanged, as in torchvision.
+        luma_weight = (order == SATURATION).to(dtype)
+        if rgb and self.ranges[HUE] is not None:
+            hue_at = (order == HUE).int().argmax(dim=1, keepdim=True)  # (B, 1)
+            positions = torch.arange(4, device=order.device).view(1, 4)
+            before, after = positions < hue_at, positions > hue_at
+            for position in range(3):
+                batch = self._blend(batch, torch.where(before[:, position], factor[:, position], 1),
+                                    mean_weight[:, position], luma_weight[:, position])
+            batch = hue_shift(batch, params["hue"].to(dtype))
+            for position in range(1, 4):
+                batch = self._blend(batch, torch.where(after[:, position], factor[:, position], 1),
+                                    mean_weight[:, position], luma_weight[:, position])
+            return batch
         for position in range(4):
-            op = params["order"][:, position]
-            # Brightness, contrast and saturation all blend the image with a target (black, mean grey, luma):
-            # one blend per position with each sample's own factor; factor 1 leaves a sample unchanged.
-            blended = op < HUE if rgb else (op == BRIGHTNESS) | (op == CONTRAST)
-            if self.ranges[BRIGHTNESS] is None:
-                blended &= op != BRIGHTNESS
-            if self.ranges[CONTRAST] is None:
-                blended &= op != CONTRAST
-            if self.ranges[SATURATION] is None:
-                blended &= op != SATURATION
-            factor = torch.where(blended, factors.gather(1, op.clamp(max=2).unsqueeze(1)).squeeze(1),
-                                 torch.ones_like(factors[:, 0]))
-            luma = grayscale(batch)
-            target = torch.where(per_sample(op == CONTRAST), luma.mean(dim=(1, 2, 3), keepdim=True), luma)
-            target = torch.where(per_sample(op == BRIGHTNESS), torch.zeros_like(target), target)
-            f = per_sample(factor)
-            batch = (f * batch + (1 - f) * target).clamp(0, 1)
-            if rgb and self.ranges[HUE] is not None:
-                shifted = op == HUE
-                batch = torch.where(per_sample(shifted), hue_shift(batch, params["hue"].to(batch.dtype)), batch)
+            batch = self._blend(batch, factor[:, position], mean_weight[:, position], luma_weight[:, position])
         return batch
+
+    @staticmethod
+    def _blend(batch: Tensor, factor: Tensor, mean_weight: Tensor, luma_weight: Tensor) -> Tensor:
+        """torchvision's blend, per sample: clamp(f * x + (1 - f) * target, 0, 1)."""
+        luma = grayscale(batch)
+        target = torch.addcmul(per_sample(mean_weight) * luma.mean(dim=(1, 2, 3), keepdim=True),
+                               per_sample(luma_weight), luma)
+        return torch.lerp(target, batch, per_sample(factor)).clamp_(0, 1)
 
 
 class RandomGrayscale(DeviceOp):

@@ -108,3 +108,28 @@ def test_generation_refuses_a_non_empty_folder_it_did_not_write_and_keeps_its_fi
     assert (first / "train" / "00001.jpg").stat().st_mtime_ns == written
     generate_prepared(tmp_path / "again", 3, 1)  # other arguments: a folder it wrote itself is replaced
     assert len(list((tmp_path / "again" / "train").iterdir())) == 3
+
+
+def test_epoch_time_projects_c50_from_the_epochs_of_one_real_run() -> None:
+    output = run_script("benchmarks.epoch_time", "--train-images", "16", "--test-images", "8", "--epochs", "3",
+                        "--set", "image_size=[32, 32]", "num_workers=0", "batch_size=8")
+    cells = {row[0]: row[1] for row in table_rows(output)}
+    whole, first = float(cells["whole 3-epoch run (s)"]), float(cells["first epoch, start-up included (s)"])
+    later = [float(value) for value in cells["later epochs (s)"].split()]
+    steady = float(cells["steady epoch: median of the later ones (s)"])
+    assert len(later) == 2 and 0 < first <= whole and steady == pytest.approx(sum(later) / 2, abs=0.011)
+    projected = (whole + (C50_EPOCHS - 3) * steady) / 60
+    assert float(cells[f"projected C-50: {C50_EPOCHS} epochs (min)"]) == pytest.approx(projected, abs=0.06)
+    assert "no verdict" in output  # tiny splits: no claim about the 10-minute target
+
+
+def test_op_count_reports_the_network_and_each_device_augmentation() -> None:
+    output = run_script("benchmarks.op_count", "--batch-size", "2", "--image-size", "32")
+    cells = {row[0].strip(): int(row[1]) for row in table_rows(output)}
+    network = cells["network: forward + backward (training)"]
+    preprocessing = cells["preprocessing: uint8 -> float, device augmentations, Normalize"]
+    assert network > cells["network: forward (validation)"] > 0
+    parts = [value for name, value in cells.items() if name.startswith("of which")]
+    assert len(parts) == 3 and sum(parts) < preprocessing  # flip, affine, jitter; plus sampling and Normalize
+    share = int(re.search(r"runs at (\d+)% of", output).group(1))
+    assert share == round(100 * network / (network + preprocessing))
