@@ -3,26 +3,31 @@
 Writes an updated-release synthetic download of about `--images` JPEGs of about 700x480 pixels (Stanford Cars's
 typical size) into a temporary folder, extracts it with `tar -xzf`, prepares it with `prepare_dataset`, and prints
 both times and their ratio (the target is at most 1.5). For reference it also times `prepare_dataset` with the
-decode check switched off, to show what the check costs. Needs about 3x the archive's size in free disk space.
+decode check switched off, to show what the check costs. The three are timed in turn, `--rounds` times, so that a
+change in machine load hits all of them alike; the ratio of the medians counts. Needs about 3x the archive's size
+in free disk space.
 
-    python benchmarks/prepare_speed.py [--images 16185]
+    python benchmarks/prepare_speed.py [--images 16185] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import datasets.image_extraction as image_extraction  # noqa: E402
-from datasets.prepare import prepare_dataset  # noqa: E402
+from datasets.prepare import PrepareSummary, prepare_dataset  # noqa: E402
 from datasets.synthetic import make_synthetic  # noqa: E402
 
 TRAIN_SHARE = 8144 / 16185
@@ -34,6 +39,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=196, help="classes (default: 196)")
     parser.add_argument("--distinct-per-class", type=int, default=4,
                         help="images rendered per class, then repeated, to keep generation short (default: 4)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds of the three (default: 3)")
     parser.add_argument("--workdir", default=None, help="where to put the temporary files (default: system temp)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -51,29 +57,42 @@ def main() -> None:
         print(f"generated {count} images, car_ims.tgz {archive.stat().st_size / 2**20:.0f} MiB, "
               f"in {time.perf_counter() - start:.0f} s")
 
-        (root / "tar").mkdir()
-        start = time.perf_counter()
-        subprocess.run(["tar", "-xzf", str(archive), "-C", str(root / "tar")], check=True)
-        tar_seconds = time.perf_counter() - start
-        shutil.rmtree(root / "tar")
+        times: dict[str, list[float]] = {"tar": [], "prepare": [], "unchecked": []}
+        for round_index in range(args.rounds):
+            times["tar"].append(timed(lambda: subprocess.run(["tar", "-xzf", str(archive), "-C", str(root / "out")],
+                                                             check=True), root / "out"))
+            times["prepare"].append(timed(lambda: check_count(prepare_dataset(raw, root / "out"), count),
+                                          root / "out"))
+            check = image_extraction.decode_error
+            image_extraction.decode_error = lambda data: None
+            try:
+                times["unchecked"].append(timed(lambda: prepare_dataset(raw, root / "out"), root / "out"))
+            finally:
+                image_extraction.decode_error = check
+            print(f"round {round_index + 1}/{args.rounds}: tar {times['tar'][-1]:.1f} s, prepare "
+                  f"{times['prepare'][-1]:.1f} s, without decode check {times['unchecked'][-1]:.1f} s", flush=True)
 
-        start = time.perf_counter()
-        summary = prepare_dataset(raw, root / "data")
-        prepare_seconds = time.perf_counter() - start
-        assert summary.train_images + summary.test_images == count
-        shutil.rmtree(root / "data")
-
-        check = image_extraction.decode_error
-        image_extraction.decode_error = lambda data: None
-        start = time.perf_counter()
-        prepare_dataset(raw, root / "data")
-        unchecked_seconds = time.perf_counter() - start
-        image_extraction.decode_error = check
-
+    tar, prepare, unchecked = (statistics.median(times[key]) for key in ("tar", "prepare", "unchecked"))
+    print(f"\nmedians of {args.rounds} round(s); load average (1, 5, 15 min) at end: "
+          + ", ".join(f"{value:.2f}" for value in os.getloadavg()))
     print("| images | tar -xzf (s) | prepare_dataset (s) | ratio | without decode check (s) | ratio |\n"
           "| --- | --- | --- | --- | --- | --- |\n"
-          f"| {count} | {tar_seconds:.1f} | {prepare_seconds:.1f} | {prepare_seconds / tar_seconds:.2f} "
-          f"| {unchecked_seconds:.1f} | {unchecked_seconds / tar_seconds:.2f} |")
+          f"| {count} | {tar:.1f} | {prepare:.1f} | {prepare / tar:.2f} | {unchecked:.1f} | {unchecked / tar:.2f} |")
+
+
+def timed(action: Callable[[], object], output: Path) -> float:
+    """Seconds `action` takes to fill the empty folder `output`, which is removed afterwards."""
+    output.mkdir()
+    start = time.perf_counter()
+    action()
+    seconds = time.perf_counter() - start
+    shutil.rmtree(output)
+    return seconds
+
+
+def check_count(summary: PrepareSummary, count: int) -> None:
+    if summary.train_images + summary.test_images != count:
+        raise RuntimeError(f"prepared {summary.train_images + summary.test_images} images, expected {count}")
 
 
 if __name__ == "__main__":
