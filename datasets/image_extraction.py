@@ -3,18 +3,15 @@
 Only members whose base name is annotated are written, each to a path this module builds itself
 (`<split folder>/<base name>`), so nothing can land outside the data folder; members with absolute paths, `..`,
 links or devices make the run fail (tarfile's `data` filter, plus a refusal of anything it would only rewrite).
-Decompression runs in a `gzip` process where there is one, and decode checks and writes in a small thread pool
-(Pillow's decoder and file writes release the GIL), so the three overlap as `tar` and `gzip` do in a shell pipe.
+Decode checks and writes run in a small thread pool: Pillow's decoder, zlib and file writes release the GIL, so
+decompression and checking overlap as `tar` and `gzip` do in a shell pipe.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
 import posixpath
-import shutil
-import subprocess
 import tarfile
 import threading
 import zlib
@@ -23,7 +20,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO
 
 from PIL import Image
 from tqdm import tqdm
@@ -128,45 +124,15 @@ def _refuse_unsafe(member: tarfile.TarInfo, archive: Path, destination: Path) ->
                     "refusing to use it")
 
 
-@contextlib.contextmanager
-def _unzipped(archive: Path) -> Iterator[BinaryIO]:
-    """The decompressed bytes of a .tgz, read to the end on success so that the gzip CRC-32 and length are checked:
-    a damaged download fails even where the damage would still decode.
-
-    Where a `gzip` program is on the PATH it decompresses in a process of its own, on another core, as `tar -xzf`
-    does: Python's zlib in this process would compete for the GIL with the tar parsing and the decode checks.
-    Elsewhere `gzip.GzipFile` does the same in this process.
-    """
-    program = shutil.which("gzip")
-    if program is None:
-        with gzip.GzipFile(archive, "rb") as stream:
-            yield stream
-            while stream.read(READ_BUFFER):
-                pass
-        return
-    process = subprocess.Popen([program, "-dc", str(archive)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               bufsize=READ_BUFFER)
-    try:
-        yield process.stdout
-        while process.stdout.read(READ_BUFFER):
-            pass
-        complaint = process.stderr.read().decode(errors="replace").strip()
-        if process.wait() != 0:
-            # gzip's last line reads "gzip: <archive>: <what is wrong>"; the archive is named by the caller.
-            reason = complaint.splitlines()[-1].rsplit(": ", 1)[-1] if complaint else f"exit {process.returncode}"
-            raise zlib.error(f"gzip: {reason}")
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stdout.close()
-        process.stderr.close()
-
-
 def _archive_members(source: ImageSource, destination: Path) -> Iterator[tuple[str, str, bytes | None]]:
-    """(member name, base name, bytes or None for non-files) in archive order, in one streaming pass (`r|`)."""
+    """(member name, base name, bytes or None for non-files) in archive order, in one streaming pass.
+
+    The archive is read as a stream (`r|`) through `gzip.GzipFile` rather than tarfile's own `r|gz`, because
+    GzipFile checks the CRC-32 and length at the end of the stream: a damaged download fails even where the damage
+    would still decode.
+    """
     try:
-        with _unzipped(source.path) as unzipped, \
+        with gzip.GzipFile(source.path, "rb") as unzipped, \
                 tarfile.open(fileobj=unzipped, mode="r|", bufsize=READ_BUFFER) as archive:
             for member in archive:
                 _refuse_unsafe(member, source.path, destination)
@@ -175,9 +141,7 @@ def _archive_members(source: ImageSource, destination: Path) -> Iterator[tuple[s
                 base = posixpath.basename(member.name)
                 handle = archive.extractfile(member)
                 yield member.name, base, handle.read() if handle is not None else None
-    except zlib.error as error:
-        raise DataError(f"{source.path} is truncated or damaged ({error}); download it again") from None
-    except (tarfile.TarError, EOFError, gzip.BadGzipFile) as error:
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
         raise DataError(f"{source.path} is truncated or damaged ({type(error).__name__}: {error}); "
                         "download it again") from None
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -68,18 +67,12 @@ def test_a_truncated_archive_is_named(updated, tmp_path):
     fails_with(updated, tmp_path / "data", "car_ims.tgz is truncated or damaged")
 
 
-@pytest.mark.parametrize("gzip_program", [True, False], ids=["gzip process", "python gzip"])
-def test_a_damaged_archive_fails_its_checksum_even_where_images_still_decode(updated, tmp_path, monkeypatch,
-                                                                           gzip_program):
-    if not gzip_program:
-        monkeypatch.setattr("datasets.image_extraction.shutil.which", lambda name: None)
+def test_a_damaged_archive_fails_its_checksum_even_where_images_still_decode(updated, tmp_path):
     archive = updated / "car_ims.tgz"
     damaged = bytearray(archive.read_bytes())
     damaged[-20] ^= 0x01  # inside the compressed end-of-archive padding, which no image check would see
     archive.write_bytes(bytes(damaged))
-    message = fails_with(updated, tmp_path / "data", "car_ims.tgz is truncated or damaged")
-    # The gzip trailer's check fails: CRC-32 or length, in gzip's words or Python's.
-    assert re.search(r"CRC check failed|crc error|length error|Incorrect length", message), message
+    fails_with(updated, tmp_path / "data", "car_ims.tgz is truncated or damaged", "CRC check failed")
 
 
 def test_a_class_id_outside_the_class_names_is_refused(updated, tmp_path):
