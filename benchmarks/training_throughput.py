@@ -110,16 +110,8 @@ def full_pipeline(config: dict[str, Any], device: torch.device, precision: str, 
     from models.net_module import NetModule
 
     data = StanfordCarsDataModule(config)
-    device_augment = None
-    if config["gpu_augmentations"]:
-        device_augment = {"image": config["image_augmentations"] if config["augment_images"] else None,
-                          "tensor": config["tensor_augmentations"] if config["augment_tensors"] else None}
-    module = NetModule(
-        config["architecture"], num_classes=NUM_CLASSES, img_channels=3, dropout=config["dropout"],
-        output_channels=config["output_channels"], loss_function=config["loss_function"],
-        loss_params=config["loss_params"], optimizer=config["optimizer"], optimizer_params=config["optimizer_params"],
-        normalization=config["normalization_params_rgb"], device_augmentations=device_augment,
-        image_size=tuple(config["image_size"]), channels_last=channels_last, compile=compile)
+    module = NetModule.from_config({**config, "channels_last": channels_last, "compile": compile}, NUM_CLASSES,
+                                   [str(index) for index in range(NUM_CLASSES)])
     clock = BatchClock(warmup)
     valid_batch = data.batch_size("test")
     # Whole validation batches only (validation batches are larger; the same images are generated for both splits).

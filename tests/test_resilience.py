@@ -129,3 +129,18 @@ def test_resume_errors_are_clear(tmp_path: Path) -> None:
         find_resume_checkpoint(str(tmp_path / "missing.ckpt"), config)
     with pytest.raises(ConfigError, match="run 'nope' has no"):
         find_resume_checkpoint("auto", {**config, "run_name": "nope"})
+
+
+def test_resume_keeps_the_rows_of_a_metrics_csv_written_before_epoch_time_s(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from utils.run_outputs import METRIC_COLUMNS, MetricsCsvWriter
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,train_loss,train_acc,valid_loss,valid_acc,lr\n0,2.0,0.1,2.1,0.1,0.001\n"
+                    "1,1.5,0.3,1.6,0.2,0.001\n2,1.2,0.4,1.4,0.3,0.001\n")
+    MetricsCsvWriter(path).on_train_start(SimpleNamespace(is_global_zero=True, current_epoch=2), None)
+    kept = pd.read_csv(path)
+    assert list(kept.columns) == METRIC_COLUMNS
+    assert kept["epoch"].tolist() == [0, 1] and kept["train_loss"].tolist() == [2.0, 1.5]
+    assert kept["epoch_time_s"].isna().all()
