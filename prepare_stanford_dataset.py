@@ -29,6 +29,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-path", default=None,
                         help="folder to prepare (default: stanford_data_path of the config)")
     parser.add_argument("--force", action="store_true", help="prepare again even when the data folder is complete")
+    parser.add_argument("--full-check", action="store_true",
+                        help="decode every image instead of checking its header and JPEG segments (slower; also "
+                             "finds damage inside intact segments, which the image cache otherwise reports when "
+                             "training starts)")
     synthetic = parser.add_argument_group("synthetic data")
     synthetic.add_argument("--make-synthetic", metavar="DIR", default=None,
                            help="write a synthetic raw download into DIR instead of preparing data")
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     raw_dir = _path(args.raw_data_path, config, "stanford_raw_data_path", "--raw-data-path",
                     "the folder holding the raw Stanford Cars downloads")
     data_dir = _path(args.data_path, config, "stanford_data_path", "--data-path", "the folder for the prepared data")
-    prepare_dataset(raw_dir, data_dir, force=args.force)
+    prepare_dataset(raw_dir, data_dir, force=args.force, full_check=args.full_check)
     return 0
 
 

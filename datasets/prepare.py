@@ -175,8 +175,11 @@ def _log_summary(summary: PrepareSummary, data_dir: Path) -> None:
                     "196 classes)")
 
 
-def prepare_dataset(raw_dir: Path, data_dir: Path, force: bool = False) -> PrepareSummary:
-    """Prepare `data_dir` from the raw downloads in `raw_dir`; a complete `data_dir` is kept unless `force`."""
+def prepare_dataset(raw_dir: Path, data_dir: Path, force: bool = False, full_check: bool = False) -> PrepareSummary:
+    """Prepare `data_dir` from the raw downloads in `raw_dir`; a complete `data_dir` is kept unless `force`.
+
+    Every image is checked before it is written: its header and JPEG segments, or with `full_check` a decode.
+    """
     start = time.perf_counter()
     raw_dir, data_dir = Path(raw_dir), Path(data_dir)
     layout = detect_layout(raw_dir)
@@ -195,7 +198,7 @@ def prepare_dataset(raw_dir: Path, data_dir: Path, force: bool = False) -> Prepa
     for key, wanted in _wanted(layout, tables, data_dir).items():
         source = layout.images[key]
         label = source.path.name
-        reports[key] = (extract_images(source, wanted, data_dir, label), wanted)
+        reports[key] = (extract_images(source, wanted, data_dir, label, full_check), wanted)
     _check_reports(reports, layout)
     for split in SPLITS:
         write_text_atomic(labels_csv(data_dir, split), _csv_text(tables[split]))

@@ -71,3 +71,10 @@ def labels_by_pixels(data: Path) -> dict[str, tuple]:
         for row in pd.read_csv(data / f"{split}_labels.csv").itertuples(index=False):
             out[pixel_key(data / split / row.image_fname)] = (split, *row[1:])
     return out
+
+
+def broken_huffman_table(data: bytes) -> bytes:
+    """`data` with its first Huffman table's code lengths made impossible (all codes 1 bit long), lengths intact."""
+    start = data.index(b"\xff\xc4") + 5  # marker, length (2 bytes), table class/id: then 16 counts
+    counts = data[start:start + 16]
+    return data[:start] + bytes([sum(counts)]) + bytes(15) + data[start + 16:]

@@ -13,7 +13,10 @@ import scipy.io
 from PIL import Image
 
 from datasets.prepare import labels_csv, prepare_dataset
-from tests.prepare_helpers import Member, make_raw, rewrite_tgz
+from datasets.stanford_data_module import StanfordCarsDataModule
+from tests.helpers import run_script
+from tests.prepare_helpers import Member, broken_huffman_table, make_raw, rewrite_tgz
+from utils.configuration import validate
 from utils.errors import DataError
 
 
@@ -118,6 +121,26 @@ def test_an_image_that_does_not_decode_is_named(updated, tmp_path):
 
     rewrite_tgz(updated / "car_ims.tgz", truncate_third)
     fails_with(updated, tmp_path / "data", "1 image(s) in", "do not decode: car_ims/000003.jpg", "truncated")
+
+
+def test_damage_inside_intact_jpeg_segments_is_named_by_the_full_check_or_else_by_the_image_cache(updated, tmp_path):
+    def break_huffman_table(members: list[Member]) -> list[Member]:
+        info, data = members[3]
+        return members[:3] + [(info, broken_huffman_table(data))] + members[4:]
+
+    rewrite_tgz(updated / "car_ims.tgz", break_huffman_table)
+    data = tmp_path / "data"
+    failed = run_script("prepare_stanford_dataset.py", ["--raw-data-path", str(updated), "--data-path", str(data),
+                                                        "--full-check"], cwd=tmp_path, timeout=120)
+    assert failed.returncode != 0
+    assert "do not decode: car_ims/000003.jpg" in failed.stderr and "Traceback" not in failed.stderr
+    assert not labels_csv(data, "train").exists()
+
+    prepare_dataset(updated, data)  # the default check reads segments only: the file passes
+    config = validate({"stanford_data_path": str(data), "image_size": [32, 32], "num_workers": 0,
+                       "cache_dir": str(tmp_path / "cache")})
+    with pytest.raises(DataError, match="000003.jpg does not decode"):
+        StanfordCarsDataModule(config).setup("fit")
 
 
 def test_a_non_image_under_a_jpg_name_is_named(original, tmp_path):
