@@ -25,13 +25,20 @@ def uniform(low: float | Tensor, high: float | Tensor, n: int, device: torch.dev
     return low + (high - low) * torch.rand(n, device=device, generator=generator)
 
 
-@functools.lru_cache(maxsize=64)
 def constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
     """A small constant tensor on `device`, made once and then reused (do not modify it in place).
 
     Building `torch.tensor(values, device=cuda)` copies from pageable host memory, which makes the CPU wait for the
-    GPU: once per batch, that stall keeps the CPU from queueing the next kernels while the GPU works.
+    GPU: once per batch, that stall keeps the CPU from queueing the next kernels while the GPU works. Under
+    torch.compile the tensor becomes a constant of the compiled graph instead.
     """
+    if torch.compiler.is_compiling():
+        return torch.tensor(values, dtype=dtype, device=device)
+    return _cached_constant(values, device, dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
     return torch.tensor(values, dtype=dtype, device=device)
 
 

@@ -59,6 +59,8 @@ class NetModule(pl.LightningModule):
         # Stored around nn.Module's attribute registration: as a submodule, the compiled wrapper would put a second
         # copy of every weight into checkpoints, under keys that an uncompiled module cannot load.
         self.__dict__["_compiled_net"] = torch.compile(self.net) if compile else None
+        # The preprocessing is a long chain of small elementwise kernels: compiled, it fuses into a few.
+        self.__dict__["_compiled_preprocess"] = torch.compile(self._preprocess) if compile else None
         # Without their input checks: those read values back from the device, a host-device sync every batch that
         # stalls a GPU. Targets are checked when the labels are read; a NaN loss still shows, as a NaN mean.
         self.metrics = torch.nn.ModuleDict({
@@ -97,6 +99,9 @@ class NetModule(pl.LightningModule):
 
     def preprocess(self, images: torch.Tensor, train: bool) -> torch.Tensor:
         """uint8 or [0, 1] float batch -> augmented (optional) and normalized float batch."""
+        return (self._compiled_preprocess or self._preprocess)(images, train)
+
+    def _preprocess(self, images: torch.Tensor, train: bool) -> torch.Tensor:
         if images.dtype == torch.uint8:
             images = images.float().div_(255)
         if train and self.augment is not None:

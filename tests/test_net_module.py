@@ -1,10 +1,11 @@
-"""The LightningModule: what its checkpoints hold, with and without torch.compile."""
+"""The LightningModule: what its checkpoints hold, with and without torch.compile, and what compile covers."""
 
 from __future__ import annotations
 
 import torch
 
 from models.net_module import NetModule
+from utils.configuration import validate
 
 
 def test_checkpoint_state_holds_each_weight_once_under_net() -> None:
@@ -24,3 +25,21 @@ def test_compiled_module_saves_the_same_keys_and_loads_into_an_uncompiled_one() 
     compiled.net.eval()
     with torch.no_grad():
         torch.testing.assert_close(plain(images), compiled.net(images))
+
+
+def test_compile_also_compiles_the_preprocessing_in_one_graph_with_the_eager_results() -> None:
+    config = validate({"gpu_augmentations": True, "image_size": [48, 48], "compile": True})
+    module = NetModule.from_config(config, 5, [str(i) for i in range(5)]).train()
+    assert module.augment is not None and len(module.augment.ops) >= 3  # flip, affine and colour jitter by default
+    images = torch.randint(0, 256, (4, 3, 48, 48), dtype=torch.uint8)
+    explained = torch._dynamo.explain(module._preprocess)(images, True)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)  # a break would split the fused kernels
+    # The compiled graph draws the eager random numbers when told to, so that the pixels can be compared.
+    with torch._inductor.config.patch(fallback_random=True):
+        for train in (True, False):
+            torch.manual_seed(0)
+            compiled = module.preprocess(images, train)
+            torch.manual_seed(0)
+            eager = module._preprocess(images, train)
+            torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+    assert module._compiled_preprocess is not None

@@ -205,7 +205,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("sync_batchnorm", "hardware", False, BOOL, "Synchronise BatchNorm statistics across DDP processes."),
     Key("precision", "hardware", "32-true", PRECISION, "Lightning precision, e.g. 32-true or bf16-mixed."),
     Key("channels_last", "hardware", False, BOOL, "Use the channels_last memory format (faster convs on GPUs)."),
-    Key("compile", "hardware", False, BOOL, "Compile the network with torch.compile."),
+    Key("compile", "hardware", False, BOOL, "Compile the network and the on-device preprocessing (conversion, "
+        "augmentations, Normalize) with torch.compile."),
     # Data loading
     Key("num_workers", "data_loading", None, NON_NEG_INT,
         "DataLoader worker processes; null = one per available CPU core (at most 8).", nullable=True),
