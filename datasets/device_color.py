@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
-from datasets.device_ops import DeviceOp, constant, per_sample, uniform
+from datasets.device_ops import DeviceOp, constant, per_sample, rand, uniform
 
 # ITU-R 601-2 luma weights, the ones torchvision's rgb_to_grayscale uses.
 LUMA = (0.2989, 0.587, 0.114)
@@ -55,7 +55,7 @@ class ColorJitter(DeviceOp):
     def sample_params(self, shape, device, generator=None):
         batch_size = shape[0]
         # argsort of uniform keys: a uniformly random permutation of the four adjustments per sample.
-        order = torch.rand(batch_size, 4, device=device, generator=generator).argsort(dim=1)
+        order = rand((batch_size, 4), device, generator).argsort(dim=1)
         params = {"order": order}
         neutral = (1.0, 1.0, 1.0, 0.0)
         for key, bounds, identity in zip(("brightness", "contrast", "saturation", "hue"), self.ranges, neutral):
@@ -116,7 +116,7 @@ class RandomGrayscale(DeviceOp):
         self.p = float(spec.p)
 
     def sample_params(self, shape, device, generator=None):
-        return {"gray": torch.rand(shape[0], device=device, generator=generator) < self.p}
+        return {"gray": rand(shape[0], device, generator) < self.p}
 
     def apply(self, batch, params):
         if batch.shape[1] == 1:

@@ -19,10 +19,21 @@ from utils.errors import ConfigError
 BatchShape = tuple[int, int, int, int]
 
 
+def rand(size: int | tuple[int, ...], device: torch.device, generator: torch.Generator | None) -> Tensor:
+    """torch.rand(size) on `device`, from `generator` (or the global RNG)."""
+    # Passed only when given: torch.compile cannot trace `generator=None` once the batch size is dynamic.
+    return torch.rand(size, device=device, **({} if generator is None else {"generator": generator}))
+
+
+def randn(size: tuple[int, ...], device: torch.device, generator: torch.Generator | None) -> Tensor:
+    """torch.randn(size) on `device`, from `generator` (or the global RNG)."""
+    return torch.randn(size, device=device, **({} if generator is None else {"generator": generator}))
+
+
 def uniform(low: float | Tensor, high: float | Tensor, n: int, device: torch.device,
             generator: torch.Generator | None) -> Tensor:
     """n float32 draws from U[low, high), on `device`, from `generator` (or the global RNG)."""
-    return low + (high - low) * torch.rand(n, device=device, generator=generator)
+    return low + (high - low) * rand(n, device, generator)
 
 
 def constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -79,7 +90,7 @@ class RandomFlip(DeviceOp):
         self.dim = dim
 
     def sample_params(self, shape, device, generator=None):
-        return {"flip": torch.rand(shape[0], device=device, generator=generator) < self.p}
+        return {"flip": rand(shape[0], device, generator) < self.p}
 
     def apply(self, batch, params):
         return torch.where(per_sample(params["flip"]), batch.flip(self.dim), batch)
@@ -114,16 +125,16 @@ class RandomErasing(DeviceOp):
         first = fits.int().argmax(dim=1, keepdim=True)
         pick = lambda t: t.gather(1, first).squeeze(1)  # noqa: E731
         box_h, box_w = pick(box_h), pick(box_w)
-        apply = (torch.rand(batch_size, device=device, generator=generator) < self.p) & fits.any(dim=1)
+        apply = (rand(batch_size, device, generator) < self.p) & fits.any(dim=1)
         # randint(0, H - h + 1) per sample, from uniform draws so each sample has its own upper bound.
-        top = (torch.rand(batch_size, device=device, generator=generator) * (height - box_h + 1)).floor()
-        left = (torch.rand(batch_size, device=device, generator=generator) * (width - box_w + 1)).floor()
+        top = (rand(batch_size, device, generator) * (height - box_h + 1)).floor()
+        left = (rand(batch_size, device, generator) * (width - box_w + 1)).floor()
         # Guards the float32 product against rounding up to the excluded bound.
         top, left = torch.minimum(top, height - box_h), torch.minimum(left, width - box_w)
         params = {"apply": apply, "area_fraction": pick(area_fraction), "aspect_ratio": pick(aspect_ratio),
                   "top": top, "left": left, "height": box_h, "width": box_w}
         if self.value is None:
-            params["noise"] = torch.randn(shape, device=device, generator=generator)
+            params["noise"] = randn(shape, device, generator)
         return params
 
     def apply(self, batch, params):

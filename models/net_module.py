@@ -95,11 +95,12 @@ class NetModule(pl.LightningModule):
         return sum(p.numel() for p in self.net.parameters())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return (self._compiled_net or self.net)(images)
+        # `is None`, not `or`: a compiled module's truth value asks the network for len(), which GhostNet lacks.
+        return (self.net if self._compiled_net is None else self._compiled_net)(images)
 
     def preprocess(self, images: torch.Tensor, train: bool) -> torch.Tensor:
         """uint8 or [0, 1] float batch -> augmented (optional) and normalized float batch."""
-        return (self._compiled_preprocess or self._preprocess)(images, train)
+        return (self._preprocess if self._compiled_preprocess is None else self._compiled_preprocess)(images, train)
 
     def _preprocess(self, images: torch.Tensor, train: bool) -> torch.Tensor:
         if images.dtype == torch.uint8:

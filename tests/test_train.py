@@ -172,6 +172,18 @@ def test_device_options_train_end_to_end_on_the_cpu(data: Path, tmp_path: Path) 
     assert metrics["epoch"].tolist() == [0] and metrics["train_loss"].notna().all()
 
 
+@pytest.mark.slow  # compiling GhostNet's training step takes about 3 minutes on 2 CPU cores
+def test_compile_trains_end_to_end_on_the_cpu(data: Path, tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, data, num_epochs=2, gpu_augmentations=True, compile=True)
+    result = run_train(["--config", str(config)], cwd=tmp_path, timeout=1200)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_dir = next((tmp_path / "output").iterdir())
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert metrics["epoch"].tolist() == [0, 1] and metrics["train_loss"].notna().all()
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert all(key.startswith("net.") for key in checkpoint["state_dict"])  # no compiled-wrapper keys
+
+
 def test_bad_scheduler_parameters_fail_before_any_run_folder_exists(data: Path, tmp_path: Path, capsys) -> None:
     import train
     from utils.cli import run_main
