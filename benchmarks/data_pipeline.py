@@ -75,31 +75,34 @@ def benchmark_config(data_path: Path, cache_dir: Path, cache_images: bool, gpu_a
                      "persistent_workers": False})
 
 
-def device_consumer(config: dict[str, Any], device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 batch -> on the device: float, per-sample augmentations, Normalize (as NetModule.preprocess does)."""
-    from datasets.device_augment import DeviceAugmenter
+def device_consumer(config: dict[str, Any], device: torch.device) -> Callable[[list[torch.Tensor]], torch.Tensor]:
+    """A train-loader batch (uint8 images, targets, parameters the workers drew) -> on the device: float,
+    per-sample augmentations, Normalize (as NetModule.preprocess does)."""
+    from datasets.device_augment import DeviceAugmenter, device_augmentations
 
-    augmenter = DeviceAugmenter(config["image_augmentations"],
-                                config["tensor_augmentations"] if config["augment_tensors"] else None)
+    augmentations = device_augmentations(config)
+    augmenter = DeviceAugmenter(augmentations["image"], augmentations["tensor"])
     norm = config["normalization_params_rgb"]
     mean = torch.tensor(norm["mean"], device=device).view(1, -1, 1, 1)
     std = torch.tensor(norm["std"], device=device).view(1, -1, 1, 1)
 
-    def consume(images: torch.Tensor) -> torch.Tensor:
+    def consume(batch: list[torch.Tensor]) -> torch.Tensor:
+        images, _, drawn = batch
         images = images.to(device, non_blocking=True).float().div_(255)
-        return (augmenter(images) - mean) / std
+        return (augmenter.apply_drawn(images, drawn.to(device, non_blocking=True)) - mean) / std
 
     return consume
 
 
-def time_epoch(loader: Iterable, consume: Callable[[torch.Tensor], Any] | None, device: torch.device) -> tuple[float, int]:
+def time_epoch(loader: Iterable, consume: Callable[[list[torch.Tensor]], Any] | None,
+               device: torch.device) -> tuple[float, int]:
     """Seconds for one pass over the loader, and the images it yielded."""
     count = 0
     start = time.perf_counter()
-    for images, _ in loader:
+    for batch in loader:
         if consume is not None:
-            consume(images)
-        count += images.shape[0]
+            consume(batch)
+        count += batch[0].shape[0]
     synchronize(device)
     return time.perf_counter() - start, count
 
@@ -173,7 +176,7 @@ def run(args: argparse.Namespace, data_path: Path, cache_dir: Path, device: torc
                                                                 args.batch_size))
             on_device.setup("fit")
             consume = device_consumer(on_device.config, device)
-            consume(next(iter(on_device.train_dataloader()))[0])  # warm-up: CUDA context and kernels
+            consume(next(iter(on_device.train_dataloader())))  # warm-up: CUDA context and kernels
             rows[device_row] = (on_device.train_dataloader, consume)
         except ImportError:
             notes.append(f"{device_row}: skipped, datasets/device_augment.py is missing")

@@ -67,14 +67,18 @@ def main(argv: list[str] | None = None) -> int:
         module.net.train()
 
     network_step()  # first calls allocate and pick kernels
-    labels = ["preprocessing: uint8 -> float, device augmentations, Normalize",
-              "network: forward + backward (training)", "network: forward (validation)"]
-    counts = [count_ops(lambda: module.preprocess(uint8_batch, train=True)), count_ops(network_step),
-              count_ops(evaluation)]
+    drawn = module.augment.draw(shape)  # as the train loader's workers draw them
+    labels = ["preprocessing: uint8 -> float, device augmentations (parameters from the workers), Normalize",
+              "network: forward + backward (training)", "network: forward (validation)",
+              "for comparison: preprocessing drawing the parameters on the device"]
+    counts = [count_ops(lambda: module.preprocess(uint8_batch, train=True, drawn=drawn)), count_ops(network_step),
+              count_ops(evaluation), count_ops(lambda: module.preprocess(uint8_batch, train=True))]
+    start = 0
     for op in module.augment.ops:
-        params = op.sample_params(shape, torch.device("cpu"))
-        labels.append(f"  of which {op.name} (apply only)")
-        counts.append(count_ops(lambda op=op, params=params: op.apply(images, params)))
+        width = op.width(shape)
+        labels.append(f"  of which {op.name} (applying its parameters)")
+        counts.append(count_ops(lambda op=op, table=drawn[:, start:start + width]: op.apply_prepared(images, table)))
+        start += width
     network = sum(counts[1].values())
     print(f"GhostNet (output_channels {config['output_channels']}), batch {args.batch_size}, "
           f"{args.image_size}x{args.image_size}; torch {torch.__version__}")

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import default_collate
 from torchvision.transforms import v2
 
 from datasets.device_color import ColorJitter, RandomGrayscale
@@ -33,6 +34,7 @@ DEVICE_OPS: dict[str, Callable[[Any], DeviceOp]] = {
     "RandomErasing": RandomErasing,
 }
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+CPU = torch.device("cpu")
 
 
 def _torchvision_transform(name: str, params: dict[str, Any]) -> v2.Transform:
@@ -78,6 +80,15 @@ def build_op(name: str, params: dict[str, Any] | None) -> DeviceOp:
     return DEVICE_OPS[name](_torchvision_transform(name, dict(params or {})))
 
 
+def device_augmentations(config: dict[str, Any]) -> dict[str, dict | None] | None:
+    """What `gpu_augmentations` runs on the device: {"image": mapping or None, "tensor": mapping or None}, or None
+    when augmentations run in the DataLoader workers."""
+    if not config["gpu_augmentations"]:
+        return None
+    return {"image": config["image_augmentations"] if config["augment_images"] else None,
+            "tensor": config["tensor_augmentations"] if config["augment_tensors"] else None}
+
+
 class DeviceAugmenter(torch.nn.Module):
     """Applies the configured augmentations to a (B, C, H, W) float batch in [0, 1], per sample.
 
@@ -97,20 +108,49 @@ class DeviceAugmenter(torch.nn.Module):
         """Every op's parameters for a batch of `shape`, in the order `forward` would draw them."""
         return [op.sample_params(shape, device, generator) for op in self.ops]
 
-    def apply(self, batch: Tensor, params: list[dict[str, Tensor]]) -> Tensor:
-        """Run every op with the given parameters (from `sample_params`)."""
+    def draw(self, shape: tuple[int, int, int, int], device: torch.device = CPU,
+             generator: torch.Generator | None = None) -> Tensor:
+        """(B, K) float32: every op's prepared per-sample parameters for a batch of `shape`, side by side.
+
+        The DataModule's train loader draws these in its workers (`DrawingCollate`), so that the training device
+        only runs the image-sized kernels of `apply_drawn`.
+        """
+        tables = [op.prepare(op.sample_params(shape, device, generator), shape) for op in self.ops]
+        return torch.cat(tables, dim=1) if tables else torch.zeros(shape[0], 0, device=device)
+
+    def apply_drawn(self, batch: Tensor, drawn: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Run every op with its columns of `drawn` (from `draw`, on the batch's device)."""
         if batch.dim() != 4 or batch.shape[1] not in (1, 3):
             raise ValueError(f"expected a (B, 1 or 3, H, W) batch, got shape {tuple(batch.shape)}")
+        shape = tuple(batch.shape)
+        widths = [op.width(shape) for op in self.ops]
+        if tuple(drawn.shape) != (shape[0], sum(widths)):
+            raise ValueError(f"drawn parameters of shape {tuple(drawn.shape)} do not fit a batch of shape {shape} "
+                             f"and these augmentations ({shape[0]} x {sum(widths)} expected)")
         dtype = batch.dtype
         # Half-precision grids and HSV round-trips lose visible precision (and CPU grid_sample lacks bfloat16).
         work = batch.float() if dtype in LOW_PRECISION else batch
-        for op, op_params in zip(self.ops, params):
-            work = op.apply(work, op_params)
+        start = 0
+        for op, width in zip(self.ops, widths):
+            work = op.apply_prepared(work, drawn[:, start:start + width], generator)
+            start += width
         return work.to(dtype)
 
     def forward(self, batch: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Augment the batch; random draws come from `generator` (on the batch's device) or the global RNG."""
-        return self.apply(batch, self.sample_params(tuple(batch.shape), batch.device, generator))
+        return self.apply_drawn(batch, self.draw(tuple(batch.shape), batch.device, generator), generator)
 
     def extra_repr(self) -> str:
         return ", ".join(repr(op) for op in self.ops)
+
+
+class DrawingCollate:
+    """The DataLoader's default collate plus, as a third element, the batch's augmentation parameters
+    (`DeviceAugmenter.draw`), drawn where the collate runs: in a worker process, off the training loop."""
+
+    def __init__(self, augmenter: DeviceAugmenter) -> None:
+        self.augmenter = augmenter
+
+    def __call__(self, items: list) -> list:
+        images, targets = default_collate(items)
+        return [images, targets, self.augmenter.draw(tuple(images.shape))]

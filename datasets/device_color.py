@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
-from datasets.device_ops import DeviceOp, constant, per_sample, rand, uniform
+from datasets.device_ops import DeviceOp, columns, constant, per_sample, rand, uniform
 
 # ITU-R 601-2 luma weights, the ones torchvision's rgb_to_grayscale uses.
 LUMA = (0.2989, 0.587, 0.114)
@@ -65,36 +65,44 @@ class ColorJitter(DeviceOp):
                 params[key] = uniform(bounds[0], bounds[1], batch_size, device, generator)
         return params
 
-    def apply(self, batch, params):
+    def _hue_slots(self, shape) -> bool:
+        return shape[1] == 3 and self.ranges[HUE] is not None
+
+    def width(self, shape):
+        # Per blend slot: factor, mean weight, luma weight; then the hue shift when there is a hue step.
+        return 6 * 3 + 1 if self._hue_slots(shape) else 4 * 3
+
+    def prepare(self, params, shape):
         # Each sample blends (brightness, contrast, saturation) and shifts its hue in its own order. The hue step is
         # the costly one, so it runs once for the whole batch: each sample's blends before its hue step run in up
         # to three slots before it, and those after in up to three slots after; a slot a sample does not use blends
-        # it with factor 1, which leaves it unchanged. Every small per-sample tensor is made up front, so that the
-        # image-sized work is a few kernels per slot (this op runs on the GPU once per training batch).
-        rgb = batch.shape[1] == 3
+        # it with factor 1, which leaves it unchanged. This table holds every slot's per-sample numbers, so that
+        # the device only runs image-sized kernels.
         order = params["order"]
-        dtype = batch.dtype
         ones = torch.ones_like(params["brightness"])
         by_component = torch.stack([params["brightness"], params["contrast"], params["saturation"], ones], dim=1)
-        factor = by_component.to(dtype).gather(1, order)  # (B, 4): each position's factor; 1 for the hue step
+        factor = by_component.float().gather(1, order)  # (B, 4): each position's factor; 1 for the hue step
         # Blend targets: t = mean_weight * mean(luma) + luma_weight * luma; black for brightness.
-        mean_weight = (order == CONTRAST).to(dtype)
+        mean_weight = (order == CONTRAST).float()
         # Saturation blends with luma; a 1-channel image is its own luma, so it stays unchanged, as in torchvision.
-        luma_weight = (order == SATURATION).to(dtype)
-        if rgb and self.ranges[HUE] is not None:
-            hue_at = (order == HUE).int().argmax(dim=1, keepdim=True)  # (B, 1)
-            positions = torch.arange(4, device=order.device).view(1, 4)
-            before, after = positions < hue_at, positions > hue_at
-            for position in range(3):
-                batch = self._blend(batch, torch.where(before[:, position], factor[:, position], 1),
-                                    mean_weight[:, position], luma_weight[:, position])
-            batch = hue_shift(batch, params["hue"].to(dtype))
-            for position in range(1, 4):
-                batch = self._blend(batch, torch.where(after[:, position], factor[:, position], 1),
-                                    mean_weight[:, position], luma_weight[:, position])
-            return batch
-        for position in range(4):
-            batch = self._blend(batch, factor[:, position], mean_weight[:, position], luma_weight[:, position])
+        luma_weight = (order == SATURATION).float()
+        if not self._hue_slots(shape):
+            slots = [(factor[:, k], mean_weight[:, k], luma_weight[:, k]) for k in range(4)]
+            return columns(*(value for slot in slots for value in slot))
+        hue_at = (order == HUE).int().argmax(dim=1)
+        slots = []
+        for position, used in [(k, k < hue_at) for k in range(3)] + [(k, k > hue_at) for k in range(1, 4)]:
+            slots.append((torch.where(used, factor[:, position], 1), mean_weight[:, position] * used,
+                          luma_weight[:, position] * used))
+        return columns(*(value for slot in slots for value in slot), params["hue"])
+
+    def apply_prepared(self, batch, prepared, generator=None):
+        table = prepared.to(batch.dtype)
+        slots = 6 if table.shape[1] == 6 * 3 + 1 else 4
+        for slot in range(slots):
+            if slot == 3 and slots == 6:
+                batch = hue_shift(batch, table[:, -1])
+            batch = self._blend(batch, *(table[:, 3 * slot + k] for k in range(3)))
         return batch
 
     @staticmethod
@@ -118,7 +126,14 @@ class RandomGrayscale(DeviceOp):
     def sample_params(self, shape, device, generator=None):
         return {"gray": rand(shape[0], device, generator) < self.p}
 
-    def apply(self, batch, params):
+    def width(self, shape):
+        return 1
+
+    def prepare(self, params, shape):
+        return columns(params["gray"])
+
+    def apply_prepared(self, batch, prepared, generator=None):
         if batch.shape[1] == 1:
             return batch
-        return torch.where(per_sample(params["gray"]), grayscale(batch).expand_as(batch), batch)
+        # lerp with a weight of exactly 0 or 1 returns that end exactly
+        return torch.lerp(batch, grayscale(batch).expand_as(batch), per_sample(prepared[:, 0]).to(batch.dtype))

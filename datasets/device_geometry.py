@@ -55,10 +55,10 @@ def affine_matrices(angle: Tensor, translate_x: Tensor, translate_y: Tensor, sca
     return torch.cat([linear, torch.stack([translate_x, translate_y], dim=-1).unsqueeze(-1)], dim=-1)
 
 
-def warp(batch: Tensor, forward: Tensor, center: tuple[float, float], mode: str, fill: list[float] | None) -> Tensor:
-    """Resample each image through its forward matrix (B, 2, 3) about `center` (pixels from the image centre);
-    points from outside the image take `fill` (None = 0)."""
-    height, width = batch.shape[-2:]
+def grid_theta(forward: Tensor, center: tuple[float, float], height: int, width: int) -> Tensor:
+    """(B, 6) `F.affine_grid` matrices (flattened) that resample through each forward matrix (B, 2, 3) about
+    `center` (pixels from the image centre), in grid_sample's [-1, 1] coordinates with align_corners=False."""
+    forward = forward.double()  # a few numbers per sample: exact enough to leave no trace in the pixels
     linear, shift = forward[:, :, :2], forward[:, :, 2]
     a, b, c, d = linear[:, 0, 0], linear[:, 0, 1], linear[:, 1, 0], linear[:, 1, 1]
     inverse = torch.stack([d, -b, -c, a], dim=-1).view(-1, 2, 2) / (a * d - b * c).view(-1, 1, 1)
@@ -68,7 +68,13 @@ def warp(batch: Tensor, forward: Tensor, center: tuple[float, float], mode: str,
     # Centred pixels -> grid_sample's [-1, 1] coordinates (align_corners=False): x / (W/2), y / (H/2).
     half = constant((width / 2, height / 2), forward.device, forward.dtype)
     theta = torch.cat([inverse * half.view(1, 1, 2) / half.view(1, 2, 1), (offset / half).unsqueeze(-1)], dim=-1)
-    grid = F.affine_grid(theta.to(batch.dtype), list(batch.shape), align_corners=False)
+    return theta.reshape(-1, 6).float()
+
+
+def warp(batch: Tensor, theta: Tensor, mode: str, fill: list[float] | None) -> Tensor:
+    """Resample each image through its `grid_theta` row (B, 6); points from outside the image take `fill`
+    (None = 0)."""
+    grid = F.affine_grid(theta.reshape(-1, 2, 3).to(batch.dtype), list(batch.shape), align_corners=False)
     if fill is None:
         return F.grid_sample(batch, grid, mode=mode, padding_mode="zeros", align_corners=False).clamp_(0, 1)
     # A ones channel sampled alongside tells how much of each output pixel came from inside the image.
@@ -120,10 +126,16 @@ class RandomAffine(DeviceOp):
         params["shear_y"] = draw(shear[2], shear[3]) if shear is not None and len(shear) == 4 else zeros.clone()
         return params
 
-    def apply(self, batch, params):
-        forward = affine_matrices(**{k: params[k].float() for k in
+    def width(self, shape):
+        return 6
+
+    def prepare(self, params, shape):
+        forward = affine_matrices(**{k: params[k].double() for k in
                                      ("angle", "translate_x", "translate_y", "scale", "shear_x", "shear_y")})
-        return warp(batch, forward, _center(self.spec, *batch.shape[-2:]), self.mode, self.fill)
+        return grid_theta(forward, _center(self.spec, *shape[-2:]), *shape[-2:])
+
+    def apply_prepared(self, batch, prepared, generator=None):
+        return warp(batch, prepared, self.mode, self.fill)
 
 
 class RandomRotation(DeviceOp):
@@ -143,9 +155,15 @@ class RandomRotation(DeviceOp):
     def sample_params(self, shape, device, generator=None):
         return {"angle": uniform(*self.spec.degrees, shape[0], device, generator)}
 
-    def apply(self, batch, params):
-        angle = params["angle"].float()
+    def width(self, shape):
+        return 6
+
+    def prepare(self, params, shape):
+        angle = params["angle"].double()
         zeros = torch.zeros_like(angle)
         forward = affine_matrices(-angle, zeros, zeros, torch.ones_like(angle), zeros, zeros)
-        return warp(batch, forward, _center(self.spec, *batch.shape[-2:]), self.mode, self.fill)
+        return grid_theta(forward, _center(self.spec, *shape[-2:]), *shape[-2:])
+
+    def apply_prepared(self, batch, prepared, generator=None):
+        return warp(batch, prepared, self.mode, self.fill)
 

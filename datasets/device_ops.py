@@ -59,7 +59,13 @@ def per_sample(mask: Tensor) -> Tensor:
 
 
 class DeviceOp:
-    """One augmentation on a (B, C, H, W) float batch in [0, 1]: sample per-sample parameters, then apply them."""
+    """One augmentation on a (B, C, H, W) float batch in [0, 1], in two halves that may run on different devices.
+
+    `sample_params` draws each sample's parameters and `prepare` turns them into one small (B, width) float32 table
+    of everything the op needs per sample; both are cheap and can run in a DataLoader worker, on the CPU.
+    `apply_prepared` does the image-sized work on the batch's device with that table. Drawing and preparing there
+    keeps dozens of tiny kernel launches per batch off a GPU whose training step is bound by launches.
+    """
 
     name = ""
 
@@ -68,17 +74,36 @@ class DeviceOp:
         """Draw the parameters of each sample of a batch of `shape` (B, C, H, W)."""
         raise NotImplementedError
 
-    def apply(self, batch: Tensor, params: dict[str, Tensor]) -> Tensor:
-        """Apply parameters from `sample_params` to the batch; returns a new tensor of the same shape."""
+    def width(self, shape: BatchShape) -> int:
+        """Columns of `prepare`'s table for a batch of `shape`."""
         raise NotImplementedError
+
+    def prepare(self, params: dict[str, Tensor], shape: BatchShape) -> Tensor:
+        """(B, width) float32: what `apply_prepared` needs per sample, from `sample_params`' draws."""
+        raise NotImplementedError
+
+    def apply_prepared(self, batch: Tensor, prepared: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Apply a table from `prepare` (on the batch's device) to the batch; returns a new tensor of its shape.
+        Only image-sized random draws (erasing noise) happen here, from `generator` or the global RNG."""
+        raise NotImplementedError
+
+    def apply(self, batch: Tensor, params: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        """Apply parameters from `sample_params` to the batch."""
+        prepared = self.prepare(params, tuple(batch.shape)).to(batch.device)
+        return self.apply_prepared(batch, prepared, generator)
 
     def __call__(self, batch: Tensor, generator: torch.Generator | None = None) -> Tensor:
         params = self.sample_params(tuple(batch.shape), batch.device, generator)
-        return self.apply(batch, params)
+        return self.apply(batch, params, generator)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({fields})"
+
+
+def columns(*values: Tensor) -> Tensor:
+    """(B,) tensors side by side as a (B, k) float32 table."""
+    return torch.stack([value.float() for value in values], dim=1)
 
 
 class RandomFlip(DeviceOp):
@@ -92,8 +117,15 @@ class RandomFlip(DeviceOp):
     def sample_params(self, shape, device, generator=None):
         return {"flip": rand(shape[0], device, generator) < self.p}
 
-    def apply(self, batch, params):
-        return torch.where(per_sample(params["flip"]), batch.flip(self.dim), batch)
+    def width(self, shape):
+        return 1
+
+    def prepare(self, params, shape):
+        return columns(params["flip"])
+
+    def apply_prepared(self, batch, prepared, generator=None):
+        # lerp with a weight of exactly 0 or 1 returns that end exactly
+        return torch.lerp(batch, batch.flip(self.dim), per_sample(prepared[:, 0]).to(batch.dtype))
 
 
 class RandomErasing(DeviceOp):
@@ -131,22 +163,26 @@ class RandomErasing(DeviceOp):
         left = (rand(batch_size, device, generator) * (width - box_w + 1)).floor()
         # Guards the float32 product against rounding up to the excluded bound.
         top, left = torch.minimum(top, height - box_h), torch.minimum(left, width - box_w)
-        params = {"apply": apply, "area_fraction": pick(area_fraction), "aspect_ratio": pick(aspect_ratio),
-                  "top": top, "left": left, "height": box_h, "width": box_w}
-        if self.value is None:
-            params["noise"] = randn(shape, device, generator)
-        return params
+        return {"apply": apply, "area_fraction": pick(area_fraction), "aspect_ratio": pick(aspect_ratio),
+                "top": top, "left": left, "height": box_h, "width": box_w}
 
-    def apply(self, batch, params):
+    def width(self, shape):
+        return 4
+
+    def prepare(self, params, shape):
+        # A sample left unerased gets an empty box (bottom = top), so that the table alone says what to erase.
+        height = torch.where(params["apply"], params["height"], 0)
+        width = torch.where(params["apply"], params["width"], 0)
+        return columns(params["top"], params["top"] + height, params["left"], params["left"] + width)
+
+    def apply_prepared(self, batch, prepared, generator=None):
         height, width = batch.shape[-2:]
-        rows = torch.arange(height, device=batch.device, dtype=params["top"].dtype).view(1, height, 1)
-        cols = torch.arange(width, device=batch.device, dtype=params["left"].dtype).view(1, 1, width)
-        top, left = params["top"].view(-1, 1, 1), params["left"].view(-1, 1, 1)
-        inside = ((rows >= top) & (rows < top + params["height"].view(-1, 1, 1))
-                  & (cols >= left) & (cols < left + params["width"].view(-1, 1, 1)))
-        inside = (inside & params["apply"].view(-1, 1, 1)).unsqueeze(1)
-        if self.value is None:
-            fill = params["noise"]
+        rows = torch.arange(height, device=batch.device, dtype=prepared.dtype).view(1, height, 1)
+        cols = torch.arange(width, device=batch.device, dtype=prepared.dtype).view(1, 1, width)
+        top, bottom, left, right = (prepared[:, k].view(-1, 1, 1) for k in range(4))
+        inside = ((rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)).unsqueeze(1)
+        if self.value is None:  # per-pixel normal noise, drawn here: an image-sized table is not worth shipping
+            fill = randn(tuple(batch.shape), batch.device, generator)
         else:
             fill = constant(tuple(self.value), batch.device).view(1, -1, 1, 1)
         return torch.where(inside, fill.to(batch.dtype), batch)

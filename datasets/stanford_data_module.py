@@ -16,6 +16,7 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from datasets import image_cache
+from datasets.device_augment import DeviceAugmenter, DrawingCollate, device_augmentations
 from datasets.stanford_data import BBOX_COLUMNS, StanfordCarsDataset, check_folder_matches, read_labels
 from datasets.transforms import PrefixSettings, build_v2_pipeline
 
@@ -61,6 +62,13 @@ class StanfordCarsDataModule(pl.LightningDataModule):
                               if config["augment_images"] and on_cpu_workers else None)
         self.tensor_augment = (build_v2_pipeline(config["tensor_augmentations"], "tensor_augmentations")
                                if config["augment_tensors"] and on_cpu_workers else None)
+        # With gpu_augmentations the train loader's workers draw each batch's parameters; the device applies them.
+        on_device = device_augmentations(config)
+        self.drawing_collate = None
+        if on_device is not None:
+            augmenter = DeviceAugmenter(on_device["image"], on_device["tensor"])
+            augmenter.draw((1, self.img_channels, *size))  # a bad setting fails here, not in a worker
+            self.drawing_collate = DrawingCollate(augmenter)
         self.datasets: dict[str, StanfordCarsDataset] = {}
 
     @property
@@ -136,6 +144,7 @@ class StanfordCarsDataModule(pl.LightningDataModule):
             and isinstance(self.trainer.accelerator, CUDAAccelerator),
             persistent_workers=self.config["persistent_workers"] and workers > 0,
             prefetch_factor=self.config["prefetch_factor"] if workers > 0 else None,
+            collate_fn=self.drawing_collate if split == "train" else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -13,6 +13,7 @@ import torch
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from datasets.device_augment import DeviceAugmenter, device_augmentations
 from models.arch_dict import build_architecture
 from models.training_parts import build_loss, build_optimizer, build_scheduler
 
@@ -51,8 +52,6 @@ class NetModule(pl.LightningModule):
             self.register_buffer("std", torch.tensor(normalization["std"]).view(1, -1, 1, 1), persistent=False)
         self.augment = None
         if device_augmentations is not None:
-            from datasets.device_augment import DeviceAugmenter
-
             self.augment = DeviceAugmenter(device_augmentations.get("image"), device_augmentations.get("tensor"))
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -74,10 +73,6 @@ class NetModule(pl.LightningModule):
     def from_config(cls, config: dict[str, Any], num_classes: int, class_names: list[str]) -> NetModule:
         """The module a config describes, for a dataset of `num_classes` classes."""
         grayscale = config["convert_to_grayscale"]
-        device_augmentations = None
-        if config["gpu_augmentations"]:
-            device_augmentations = {"image": config["image_augmentations"] if config["augment_images"] else None,
-                                    "tensor": config["tensor_augmentations"] if config["augment_tensors"] else None}
         normalization = config["normalization_params_grayscale" if grayscale else "normalization_params_rgb"]
         return cls(
             architecture=config["architecture"], num_classes=num_classes, img_channels=1 if grayscale else 3,
@@ -86,7 +81,7 @@ class NetModule(pl.LightningModule):
             optimizer=config["optimizer"], optimizer_params=config["optimizer_params"],
             lr_scheduler=config["lr_scheduler"], lr_scheduler_params=config["lr_scheduler_params"],
             normalization=normalization if config["normalize"] else None,
-            device_augmentations=device_augmentations, image_size=tuple(config["image_size"]),
+            device_augmentations=device_augmentations(config), image_size=tuple(config["image_size"]),
             class_names=class_names, channels_last=config["channels_last"], compile=config["compile"],
         )
 
@@ -98,15 +93,18 @@ class NetModule(pl.LightningModule):
         # `is None`, not `or`: a compiled module's truth value asks the network for len(), which GhostNet lacks.
         return (self.net if self._compiled_net is None else self._compiled_net)(images)
 
-    def preprocess(self, images: torch.Tensor, train: bool) -> torch.Tensor:
-        """uint8 or [0, 1] float batch -> augmented (optional) and normalized float batch."""
-        return (self._preprocess if self._compiled_preprocess is None else self._compiled_preprocess)(images, train)
+    def preprocess(self, images: torch.Tensor, train: bool, drawn: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 or [0, 1] float batch -> augmented (optional) and normalized float batch. `drawn` holds the
+        augmentation parameters the train loader's workers drew (`DeviceAugmenter.draw`); without it they are
+        drawn here, on the batch's device."""
+        preprocess = self._preprocess if self._compiled_preprocess is None else self._compiled_preprocess
+        return preprocess(images, train, drawn)
 
-    def _preprocess(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+    def _preprocess(self, images: torch.Tensor, train: bool, drawn: torch.Tensor | None) -> torch.Tensor:
         if images.dtype == torch.uint8:
             images = images.float().div_(255)
         if train and self.augment is not None:
-            images = self.augment(images)
+            images = self.augment(images) if drawn is None else self.augment.apply_drawn(images, drawn)
         if self.hparams.normalization is not None:
             images = (images - self.mean) / self.std
         if self.hparams.channels_last:
@@ -114,8 +112,8 @@ class NetModule(pl.LightningModule):
         return images
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        images, targets = batch
-        return self.preprocess(images, train=self.trainer.training), targets
+        images, targets, *drawn = batch  # the train loader adds drawn parameters with gpu_augmentations
+        return self.preprocess(images, train=self.trainer.training, drawn=drawn[0] if drawn else None), targets
 
     def _step(self, batch: Any, stage: str) -> torch.Tensor:
         images, targets = batch

@@ -18,7 +18,8 @@ from utils.configuration import validate
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def test_training_step_with_device_augmentations_never_synchronizes() -> None:
+@pytest.mark.parametrize("drawn_by", ["workers", "device"])
+def test_training_step_with_device_augmentations_never_synchronizes(drawn_by: str) -> None:
     """A host-device sync per batch (a metric's input check, a .item()) stops the CPU from queueing ahead."""
     config = validate({"gpu_augmentations": True, "image_size": [64, 64]})
     module = NetModule.from_config(config, num_classes=10, class_names=[str(i) for i in range(10)]).cuda()
@@ -27,7 +28,10 @@ def test_training_step_with_device_augmentations_never_synchronizes() -> None:
     targets = torch.randint(0, 10, (8,), device="cuda")
 
     def step() -> None:
-        loss = module._step((module.preprocess(images, train=True), targets), "train")
+        drawn = None
+        if drawn_by == "workers":  # as the train loader delivers them: drawn on the CPU, pinned, copied
+            drawn = module.augment.draw(tuple(images.shape)).pin_memory().to("cuda", non_blocking=True)
+        loss = module._step((module.preprocess(images, train=True, drawn=drawn), targets), "train")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

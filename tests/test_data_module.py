@@ -14,7 +14,7 @@ from torchvision import transforms as T
 from datasets.stanford_data_module import StanfordCarsDataModule
 from datasets.transforms import PrefixSettings, apply_prefix
 from utils.configuration import validate
-from utils.errors import DataError
+from utils.errors import ConfigError, DataError
 
 
 def config_for(data: Path, **overrides) -> dict:
@@ -158,3 +158,32 @@ def test_tensor_augmentations_yield_float_batches(prepared: Path) -> None:
     module.setup("fit")
     images, _ = next(iter(module.train_dataloader()))
     assert images.dtype == torch.float32 and 0 <= images.min() and images.max() <= 1
+
+
+def test_train_loader_workers_draw_the_parameters_the_module_then_applies(prepared: Path) -> None:
+    from models.net_module import NetModule
+
+    config = config_for(prepared, gpu_augmentations=True, augment_images=True, num_workers=1, normalize=False,
+                        image_augmentations={"RandomHorizontalFlip": {"p": 0.5}})
+    module = StanfordCarsDataModule(config)
+    module.setup("fit")
+    torch.manual_seed(0)  # the workers' seeds derive from it
+    batches = list(module.train_dataloader())
+    assert all(len(batch) == 3 for batch in batches)  # images, targets, parameters drawn in the worker
+    assert all(len(batch) == 2 for batch in module.val_dataloader())
+    drawn = torch.cat([batch[2] for batch in batches])
+    assert drawn.shape == (12, 1) and set(drawn[:, 0].tolist()) == {0.0, 1.0}  # each sample its own flip
+    net = NetModule.from_config(config, module.num_classes, module.class_names).train()
+    images, _, flips = batches[0]
+    out = net.preprocess(images, train=True, drawn=flips)
+    plain = images.float() / 255
+    for sample, flip in zip(range(len(images)), flips[:, 0].tolist()):
+        expected = plain[sample].flip(-1) if flip else plain[sample]
+        assert torch.equal(out[sample], expected)
+
+
+def test_a_device_augmentation_that_does_not_fit_the_images_fails_before_training(prepared: Path) -> None:
+    config = config_for(prepared, gpu_augmentations=True, augment_tensors=True, convert_to_grayscale=True,
+                        tensor_augmentations={"RandomErasing": {"value": [0.1, 0.2, 0.3]}})
+    with pytest.raises(ConfigError, match="RandomErasing parameter 'value' has 3 numbers"):
+        StanfordCarsDataModule(config)

@@ -32,15 +32,20 @@ def test_compile_also_compiles_the_preprocessing_in_one_graph_with_the_eager_res
     module = NetModule.from_config(config, 5, [str(i) for i in range(5)]).train()
     assert module.augment is not None and len(module.augment.ops) >= 3  # flip, affine and colour jitter by default
     images = torch.randint(0, 256, (4, 3, 48, 48), dtype=torch.uint8)
-    explained = torch._dynamo.explain(module._preprocess)(images, True)
-    assert (explained.graph_count, explained.graph_break_count) == (1, 0)  # a break would split the fused kernels
-    # The compiled graph draws the eager random numbers when told to, so that the pixels can be compared.
+    drawn = module.augment.draw(tuple(images.shape))  # as the train loader's workers draw them
+    for parameters in (drawn, None):
+        explained = torch._dynamo.explain(module._preprocess)(images, True, parameters)
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0)  # a break would split the fusion
+    # A second batch size makes the compiled graph's batch dimension dynamic, as an epoch's last batch does.
+    for batch, train in ((images, True), (images[:3], True), (images, False)):
+        parameters = module.augment.draw(tuple(batch.shape))
+        compiled = module.preprocess(batch, train, parameters)
+        torch.testing.assert_close(compiled, module._preprocess(batch, train, parameters), atol=1e-5, rtol=1e-5)
+    # Drawing on the device: the compiled graph draws eager's random numbers when told to, so pixels compare.
     with torch._inductor.config.patch(fallback_random=True):
-        # A second batch size makes the compiled graph's batch dimension dynamic, as an epoch's last batch does.
-        for batch, train in ((images, True), (images[:3], True), (images, False)):
+        for batch in (images, images[:3]):
             torch.manual_seed(0)
-            compiled = module.preprocess(batch, train)
+            compiled = module.preprocess(batch, True)
             torch.manual_seed(0)
-            eager = module._preprocess(batch, train)
-            torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(compiled, module._preprocess(batch, True, None), atol=1e-5, rtol=1e-5)
     assert module._compiled_preprocess is not None
