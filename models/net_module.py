@@ -55,11 +55,7 @@ class NetModule(pl.LightningModule):
             self.augment = DeviceAugmenter(device_augmentations.get("image"), device_augmentations.get("tensor"))
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        # Stored around nn.Module's attribute registration: as a submodule, the compiled wrapper would put a second
-        # copy of every weight into checkpoints, under keys that an uncompiled module cannot load.
-        self.__dict__["_compiled_net"] = torch.compile(self.net) if compile else None
-        # The preprocessing is a long chain of small elementwise kernels: compiled, it fuses into a few.
-        self.__dict__["_compiled_preprocess"] = torch.compile(self._preprocess) if compile else None
+        self._compile(compile)
         # Without their input checks: those read values back from the device, a host-device sync every batch that
         # stalls a GPU. Targets are checked when the labels are read; a NaN loss still shows, as a NaN mean.
         self.metrics = torch.nn.ModuleDict({
@@ -68,6 +64,21 @@ class NetModule(pl.LightningModule):
             for name, metric in (("loss", MeanMetric(nan_strategy="disable")),
                                  ("acc", MulticlassAccuracy(num_classes, average="micro", validate_args=False)))
         })
+
+    def _compile(self, compile: bool) -> None:
+        # Stored around nn.Module's attribute registration: as a submodule, the compiled wrapper would put a second
+        # copy of every weight into checkpoints, under keys that an uncompiled module cannot load.
+        self.__dict__["_compiled_net"] = torch.compile(self.net) if compile else None
+        # The preprocessing is a long chain of small elementwise kernels: compiled, it fuses into a few.
+        self.__dict__["_compiled_preprocess"] = torch.compile(self._preprocess) if compile else None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Compiled functions do not pickle (ddp_spawn pickles the module): they are made again on unpickling.
+        return {key: value for key, value in super().__getstate__().items() if not key.startswith("_compiled_")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._compile(self.hparams.compile)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], num_classes: int, class_names: list[str]) -> NetModule:

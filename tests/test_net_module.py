@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import torch
 
 from models.net_module import NetModule
@@ -25,6 +27,13 @@ def test_compiled_module_saves_the_same_keys_and_loads_into_an_uncompiled_one() 
     compiled.eval()
     with torch.no_grad():
         torch.testing.assert_close(plain(images), compiled(images), atol=1e-5, rtol=1e-4)  # through the compiled net
+
+
+def test_a_compiled_module_pickles_and_comes_back_compiled_around_its_own_network() -> None:
+    compiled = pickle.loads(pickle.dumps(NetModule("ghost", num_classes=5, compile=True)))  # as ddp_spawn does
+    assert compiled._compiled_net._orig_mod is compiled.net and compiled._compiled_preprocess is not None
+    plain = pickle.loads(pickle.dumps(NetModule("ghost", num_classes=5)))
+    assert plain._compiled_net is None and plain._compiled_preprocess is None
 
 
 def test_compile_also_compiles_the_preprocessing_in_one_graph_with_the_eager_results() -> None:
