@@ -98,9 +98,9 @@ class ColorJitter(DeviceOp):
 
     def apply_prepared(self, batch, prepared, generator=None):
         table = prepared.to(batch.dtype)
-        slots = 6 if table.shape[1] == 6 * 3 + 1 else 4
-        for slot in range(slots):
-            if slot == 3 and slots == 6:
+        hue = self._hue_slots(tuple(batch.shape))
+        for slot in range(6 if hue else 4):
+            if hue and slot == 3:
                 batch = hue_shift(batch, table[:, -1])
             batch = self._blend(batch, *(table[:, 3 * slot + k] for k in range(3)))
         return batch

@@ -140,6 +140,16 @@ def test_two_samples_of_one_batch_get_different_parameters():
     assert not torch.equal(out[0], out[1])
 
 
+def test_parameters_drawn_for_another_batch_shape_are_refused():
+    augmenter = template_augmenter()
+    drawn = augmenter.draw((4, 3, 32, 32))
+    assert augmenter.apply_drawn(torch.rand(4, 3, 32, 32), drawn).shape == (4, 3, 32, 32)
+    with pytest.raises(ValueError, match="do not fit a batch of shape"):
+        augmenter.apply_drawn(torch.rand(3, 3, 32, 32), drawn)
+    with pytest.raises(ValueError, match="do not fit a batch of shape"):
+        augmenter.apply_drawn(torch.rand(4, 1, 32, 32), drawn)  # grayscale images have no hue step
+
+
 # --- pixels -----------------------------------------------------------------------------------------------------
 
 
