@@ -6,10 +6,10 @@
 #
 #     bash benchmarks/gpu_session.sh [step ...]      (default: every step)
 #
-# Steps: tests syncs pipeline throughput epochs compile compile-epochs. On an H100 (2026-11-26) the first five
-# took about 7 minutes together; compile did not finish in the 2 minutes left of that call (and its full-pipeline
-# rows would have failed: compile was broken in training until later that day), so give the compile steps a call
-# of their own.
+# Steps: tests syncs pipeline throughput epochs compile compile-graphs compile-epochs. On an H100 (2026-11-26)
+# the first five took about 7 minutes together; compile did not finish in the 2 minutes left of that call (and its
+# full-pipeline rows would have failed: compile was broken in training until later that day), so give the compile
+# steps a call of their own.
 set -u
 OUT=${OUT:-gpu-logs}
 mkdir -p "$OUT"
@@ -53,6 +53,9 @@ want compile && step compile 420 $PY -m benchmarks.training_throughput --batches
     --precisions 32-true --channels-last on --data-dir /tmp/cars-bench-throughput
 # Real epochs with compile on: the first pays the compilation (and the last batch's recompile), later ones show
 # the steady rate; the C-50 projection counts the compilation once.
+# CUDA graphs (torch.compile's reduce-overhead mode): replays each step's kernels without launching them one by one.
+want compile-graphs && step compile-graphs 420 $PY -m benchmarks.training_throughput --batches 100 --compile on \
+    --compile-mode reduce-overhead --precisions 32-true --channels-last on --data-dir /tmp/cars-bench-throughput
 want compile-epochs && step compile-epochs 420 $PY -m benchmarks.epoch_time --epochs 3 \
     --data-dir /tmp/cars-bench-epochs --set $FAST compile=true
 exit 0

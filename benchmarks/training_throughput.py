@@ -58,7 +58,7 @@ def model_only(config: dict[str, Any], device: torch.device, precision: str, cha
                              dropout=config["dropout"], output_channels=config["output_channels"]).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(memory_format=memory_format)
-    step_net = torch.compile(net) if compile else net
+    step_net = torch.compile(net, mode=config["compile_mode"]) if compile else net
     loss_fn = LabelSmoothingCrossEntropy()
     optimizer = torch.optim.AdamW(net.parameters(), **config["optimizer_params"])
     size = config["image_size"]
@@ -149,6 +149,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="channels_last settings to measure (default both)")
     parser.add_argument("--compile", choices=["auto", "both", "off", "on"], default="auto",
                         help="torch.compile settings: auto = off and on with a GPU, off only on CPU (default auto)")
+    parser.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune"], default="default",
+                        help="torch.compile's mode for the compile-on rows (the config's compile_mode; default "
+                             "default)")
     parser.add_argument("--augment", choices=["auto", "cpu", "device"], default="auto",
                         help="where the full pipeline augments: auto = device with a GPU, cpu otherwise")
     parser.add_argument("--workers", type=int, default=None,
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {"stanford_data_path": str(data_path), "cache_dir": str(Path(tmp) / "cache"),
                      "image_size": [args.image_size, args.image_size], "batch_size": args.batch_size,
                      "gpu_augmentations": on_device, "num_workers": args.workers,
-                     "valid_batch_size": args.valid_batch_size}
+                     "valid_batch_size": args.valid_batch_size, "compile_mode": args.compile_mode}
         config = validate(overrides)
         prepared = StanfordCarsDataModule(config)
         prepared.setup("fit")  # build the cache once, outside every timing
@@ -201,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for precision, channels_last, compile in settings:
             warmup = args.warmup if args.warmup is not None else (5 if compile else 3)
-            label = f"{precision}, channels_last {'on' if channels_last else 'off'}, compile {'on' if compile else 'off'}"
+            compiled = f"on ({args.compile_mode})" if compile and args.compile_mode != "default" else "on"
+            label = f"{precision}, channels_last {'on' if channels_last else 'off'}, compile {compiled if compile else 'off'}"
             print(f"measuring {label} ...", flush=True)
             model_rate = model_only(config, device, precision, channels_last, compile, args.batches, warmup)
             train_rate, valid_rate = full_pipeline(config, device, precision, channels_last, compile, args.batches,

@@ -32,7 +32,7 @@ class NetModule(pl.LightningModule):
         normalization: {"mean": [...], "std": [...]} applied on the device, or None.
         device_augmentations: {"image": {...}, "tensor": {...}} run per sample on the device in training, or None.
         image_size, class_names: stored in the checkpoint so that it alone is enough to predict.
-        channels_last, compile: device speed options.
+        channels_last, compile, compile_mode: device speed options (compile_mode is torch.compile's `mode`).
     """
 
     def __init__(self, architecture: str, num_classes: int, img_channels: int = 3, dropout: float = 0.2,
@@ -41,7 +41,7 @@ class NetModule(pl.LightningModule):
                  lr_scheduler: str | None = None, lr_scheduler_params: dict | None = None,
                  normalization: dict | None = None, device_augmentations: dict | None = None,
                  image_size: tuple[int, int] = (227, 227), class_names: list[str] | None = None,
-                 channels_last: bool = False, compile: bool = False) -> None:
+                 channels_last: bool = False, compile: bool = False, compile_mode: str = "default") -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = build_architecture(architecture, num_classes=num_classes, img_channels=img_channels,
@@ -55,7 +55,7 @@ class NetModule(pl.LightningModule):
             self.augment = DeviceAugmenter(device_augmentations.get("image"), device_augmentations.get("tensor"))
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self._compile(compile)
+        self._compile(compile, compile_mode)
         # Without their input checks: those read values back from the device, a host-device sync every batch that
         # stalls a GPU. Targets are checked when the labels are read; a NaN loss still shows, as a NaN mean.
         self.metrics = torch.nn.ModuleDict({
@@ -65,12 +65,12 @@ class NetModule(pl.LightningModule):
                                  ("acc", MulticlassAccuracy(num_classes, average="micro", validate_args=False)))
         })
 
-    def _compile(self, compile: bool) -> None:
+    def _compile(self, compile: bool, mode: str) -> None:
         # Stored around nn.Module's attribute registration: as a submodule, the compiled wrapper would put a second
         # copy of every weight into checkpoints, under keys that an uncompiled module cannot load.
-        self.__dict__["_compiled_net"] = torch.compile(self.net) if compile else None
+        self.__dict__["_compiled_net"] = torch.compile(self.net, mode=mode) if compile else None
         # The preprocessing is a long chain of small elementwise kernels: compiled, it fuses into a few.
-        self.__dict__["_compiled_preprocess"] = torch.compile(self._preprocess) if compile else None
+        self.__dict__["_compiled_preprocess"] = torch.compile(self._preprocess, mode=mode) if compile else None
 
     def __getstate__(self) -> dict[str, Any]:
         # Compiled functions do not pickle (ddp_spawn pickles the module): they are made again on unpickling.
@@ -78,7 +78,7 @@ class NetModule(pl.LightningModule):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._compile(self.hparams.compile)
+        self._compile(self.hparams.compile, self.hparams.compile_mode)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], num_classes: int, class_names: list[str]) -> NetModule:
@@ -94,6 +94,7 @@ class NetModule(pl.LightningModule):
             normalization=normalization if config["normalize"] else None,
             device_augmentations=device_augmentations(config), image_size=tuple(config["image_size"]),
             class_names=class_names, channels_last=config["channels_last"], compile=config["compile"],
+            compile_mode=config["compile_mode"],
         )
 
     @property

@@ -37,24 +37,38 @@ def test_a_compiled_module_pickles_and_comes_back_compiled_around_its_own_networ
 
 
 def test_compile_also_compiles_the_preprocessing_in_one_graph_with_the_eager_results() -> None:
-    config = validate({"gpu_augmentations": True, "image_size": [48, 48], "compile": True})
+    augmentations = validate({})["image_augmentations"]  # flip, affine and colour jitter by default
+    # Bilinear: with nearest, float rounding differences between compiled and eager code can move a sample point
+    # across a pixel border now and then, which changes that pixel entirely.
+    augmentations["RandomAffine"] = {**augmentations["RandomAffine"], "interpolation": "bilinear"}
+    config = validate({"gpu_augmentations": True, "image_size": [48, 48], "compile": True,
+                       "image_augmentations": augmentations})
     module = NetModule.from_config(config, 5, [str(i) for i in range(5)]).train()
-    assert module.augment is not None and len(module.augment.ops) >= 3  # flip, affine and colour jitter by default
+    assert module.augment is not None and len(module.augment.ops) == 3
     images = torch.randint(0, 256, (4, 3, 48, 48), dtype=torch.uint8)
     drawn = module.augment.draw(tuple(images.shape))  # as the train loader's workers draw them
     for parameters in (drawn, None):
         explained = torch._dynamo.explain(module._preprocess)(images, True, parameters)
         assert (explained.graph_count, explained.graph_break_count) == (1, 0)  # a break would split the fusion
     # A second batch size makes the compiled graph's batch dimension dynamic, as an epoch's last batch does.
+    torch.manual_seed(0)
     for batch, train in ((images, True), (images[:3], True), (images, False)):
         parameters = module.augment.draw(tuple(batch.shape))
         compiled = module.preprocess(batch, train, parameters)
-        torch.testing.assert_close(compiled, module._preprocess(batch, train, parameters), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(compiled, module._preprocess(batch, train, parameters), atol=1e-4, rtol=1e-4)
     # Drawing on the device: the compiled graph draws eager's random numbers when told to, so pixels compare.
     with torch._inductor.config.patch(fallback_random=True):
         for batch in (images, images[:3]):
             torch.manual_seed(0)
             compiled = module.preprocess(batch, True)
             torch.manual_seed(0)
-            torch.testing.assert_close(compiled, module._preprocess(batch, True, None), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(compiled, module._preprocess(batch, True, None), atol=1e-4, rtol=1e-4)
     assert module._compiled_preprocess is not None
+
+
+def test_compile_mode_reaches_torch_compile_for_the_network_and_the_preprocessing(monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda target, **options: calls.append(options) or target)
+    config = validate({"compile": True, "compile_mode": "reduce-overhead"})
+    NetModule.from_config(config, 5, [str(i) for i in range(5)])
+    assert calls == [{"mode": "reduce-overhead"}] * 2
