@@ -78,9 +78,9 @@ def benchmark_config(data_path: Path, cache_dir: Path, cache_images: bool, gpu_a
 def device_consumer(config: dict[str, Any], device: torch.device) -> Callable[[list[torch.Tensor]], torch.Tensor]:
     """A train-loader batch (uint8 images, targets, parameters the workers drew) -> on the device: float,
     per-sample augmentations, Normalize (as NetModule.preprocess does)."""
-    from datasets.device_augment import DeviceAugmenter, device_augmentations
+    from datasets.device_augment import DeviceAugmenter, device_augmentation_settings
 
-    augmentations = device_augmentations(config)
+    augmentations = device_augmentation_settings(config)
     augmenter = DeviceAugmenter(augmentations["image"], augmentations["tensor"])
     norm = config["normalization_params_rgb"]
     mean = torch.tensor(norm["mean"], device=device).view(1, -1, 1, 1)

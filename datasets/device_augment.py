@@ -80,7 +80,7 @@ def build_op(name: str, params: dict[str, Any] | None) -> DeviceOp:
     return DEVICE_OPS[name](_torchvision_transform(name, dict(params or {})))
 
 
-def device_augmentations(config: dict[str, Any]) -> dict[str, dict | None] | None:
+def device_augmentation_settings(config: dict[str, Any]) -> dict[str, dict | None] | None:
     """What `gpu_augmentations` runs on the device: {"image": mapping or None, "tensor": mapping or None}, or None
     when augmentations run in the DataLoader workers."""
     if not config["gpu_augmentations"]:

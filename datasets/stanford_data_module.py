@@ -16,7 +16,7 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from datasets import image_cache
-from datasets.device_augment import DeviceAugmenter, DrawingCollate, device_augmentations
+from datasets.device_augment import DeviceAugmenter, DrawingCollate, device_augmentation_settings
 from datasets.stanford_data import BBOX_COLUMNS, StanfordCarsDataset, check_folder_matches, read_labels
 from datasets.transforms import PrefixSettings, build_v2_pipeline
 
@@ -63,7 +63,7 @@ class StanfordCarsDataModule(pl.LightningDataModule):
         self.tensor_augment = (build_v2_pipeline(config["tensor_augmentations"], "tensor_augmentations")
                                if config["augment_tensors"] and on_cpu_workers else None)
         # With gpu_augmentations the train loader's workers draw each batch's parameters; the device applies them.
-        on_device = device_augmentations(config)
+        on_device = device_augmentation_settings(config)
         self.drawing_collate = None
         if on_device is not None:
             augmenter = DeviceAugmenter(on_device["image"], on_device["tensor"])

@@ -13,7 +13,7 @@ import torch
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from datasets.device_augment import DeviceAugmenter, device_augmentations
+from datasets.device_augment import DeviceAugmenter, device_augmentation_settings
 from models.arch_dict import build_architecture
 from models.training_parts import build_loss, build_optimizer, build_scheduler
 
@@ -92,7 +92,7 @@ class NetModule(pl.LightningModule):
             optimizer=config["optimizer"], optimizer_params=config["optimizer_params"],
             lr_scheduler=config["lr_scheduler"], lr_scheduler_params=config["lr_scheduler_params"],
             normalization=normalization if config["normalize"] else None,
-            device_augmentations=device_augmentations(config), image_size=tuple(config["image_size"]),
+            device_augmentations=device_augmentation_settings(config), image_size=tuple(config["image_size"]),
             class_names=class_names, channels_last=config["channels_last"], compile=config["compile"],
             compile_mode=config["compile_mode"],
         )
