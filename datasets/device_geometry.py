@@ -55,10 +55,15 @@ def affine_matrices(angle: Tensor, translate_x: Tensor, translate_y: Tensor, sca
     return torch.cat([linear, torch.stack([translate_x, translate_y], dim=-1).unsqueeze(-1)], dim=-1)
 
 
+def _precise(values: Tensor) -> Tensor:
+    # A few numbers per sample: float64 where they are usually made, on a worker's CPU (not every GPU has float64).
+    return values.double() if values.device.type == "cpu" else values.float()
+
+
 def grid_theta(forward: Tensor, center: tuple[float, float], height: int, width: int) -> Tensor:
     """(B, 6) `F.affine_grid` matrices (flattened) that resample through each forward matrix (B, 2, 3) about
     `center` (pixels from the image centre), in grid_sample's [-1, 1] coordinates with align_corners=False."""
-    forward = forward.double()  # a few numbers per sample: exact enough to leave no trace in the pixels
+    forward = _precise(forward)
     linear, shift = forward[:, :, :2], forward[:, :, 2]
     a, b, c, d = linear[:, 0, 0], linear[:, 0, 1], linear[:, 1, 0], linear[:, 1, 1]
     inverse = torch.stack([d, -b, -c, a], dim=-1).view(-1, 2, 2) / (a * d - b * c).view(-1, 1, 1)
@@ -130,7 +135,7 @@ class RandomAffine(DeviceOp):
         return 6
 
     def prepare(self, params, shape):
-        forward = affine_matrices(**{k: params[k].double() for k in
+        forward = affine_matrices(**{k: _precise(params[k]) for k in
                                      ("angle", "translate_x", "translate_y", "scale", "shear_x", "shear_y")})
         return grid_theta(forward, _center(self.spec, *shape[-2:]), *shape[-2:])
 
@@ -159,7 +164,7 @@ class RandomRotation(DeviceOp):
         return 6
 
     def prepare(self, params, shape):
-        angle = params["angle"].double()
+        angle = _precise(params["angle"])
         zeros = torch.zeros_like(angle)
         forward = affine_matrices(-angle, zeros, zeros, torch.ones_like(angle), zeros, zeros)
         return grid_theta(forward, _center(self.spec, *shape[-2:]), *shape[-2:])
