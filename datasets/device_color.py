@@ -65,12 +65,16 @@ class ColorJitter(DeviceOp):
                 params[key] = uniform(bounds[0], bounds[1], batch_size, device, generator)
         return params
 
-    def _hue_slots(self, shape) -> bool:
+    def _hue_step(self, shape) -> bool:
         return shape[1] == 3 and self.ranges[HUE] is not None
+
+    def _slots(self, shape) -> int:
+        """Blend slots: three before and three after the hue step, or one per position without it."""
+        return 6 if self._hue_step(shape) else 4
 
     def width(self, shape):
         # Per blend slot: factor, mean weight, luma weight; then the hue shift when there is a hue step.
-        return 6 * 3 + 1 if self._hue_slots(shape) else 4 * 3
+        return 3 * self._slots(shape) + int(self._hue_step(shape))
 
     def prepare(self, params, shape):
         # Each sample blends (brightness, contrast, saturation) and shifts its hue in its own order. The hue step is
@@ -86,7 +90,7 @@ class ColorJitter(DeviceOp):
         mean_weight = (order == CONTRAST).float()
         # Saturation blends with luma; a 1-channel image is its own luma, so it stays unchanged, as in torchvision.
         luma_weight = (order == SATURATION).float()
-        if not self._hue_slots(shape):
+        if not self._hue_step(shape):
             slots = [(factor[:, k], mean_weight[:, k], luma_weight[:, k]) for k in range(4)]
             return columns(*(value for slot in slots for value in slot))
         hue_at = (order == HUE).int().argmax(dim=1)
@@ -98,8 +102,9 @@ class ColorJitter(DeviceOp):
 
     def apply_prepared(self, batch, prepared, generator=None):
         table = prepared.to(batch.dtype)
-        hue = self._hue_slots(tuple(batch.shape))
-        for slot in range(6 if hue else 4):
+        shape = tuple(batch.shape)
+        hue = self._hue_step(shape)
+        for slot in range(self._slots(shape)):
             if hue and slot == 3:
                 batch = hue_shift(batch, table[:, -1])
             batch = self._blend(batch, *(table[:, 3 * slot + k] for k in range(3)))
