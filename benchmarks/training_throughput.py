@@ -3,8 +3,9 @@
     python -m benchmarks.training_throughput [--batches 20] [--image-size 227] [--batch-size 64] [--device auto]
 
 For each setting (precision x channels_last x compile):
-  model-only: synthetic normalized tensors already on the device; forward + backward + AdamW step with
-      LabelSmoothingCrossEntropy, the loop a trainer would run with a perfect data pipeline;
+  model-only: synthetic normalized tensors already on the device; forward + backward + the optimizer's step (built
+      as training builds it: fused AdamW) with LabelSmoothingCrossEntropy, the loop a trainer would run with a
+      perfect data pipeline;
   full pipeline: Lightning's Trainer over the real DataModule (generated 700x480 JPEGs, image cache, uint8 batches)
       and NetModule, whose `on_after_batch_transfer` converts, augments (on the device with a GPU) and normalizes;
       validation (forward only) is timed in the same run.
@@ -53,6 +54,7 @@ def model_only(config: dict[str, Any], device: torch.device, precision: str, cha
     """Training images/s of forward + backward + AdamW step on synthetic tensors that live on the device."""
     from models.arch_dict import build_architecture
     from models.label_smoothing_ce import LabelSmoothingCrossEntropy
+    from models.training_parts import build_optimizer
 
     net = build_architecture(config["architecture"], num_classes=NUM_CLASSES, img_channels=3,
                              dropout=config["dropout"], output_channels=config["output_channels"]).to(device)
@@ -60,7 +62,7 @@ def model_only(config: dict[str, Any], device: torch.device, precision: str, cha
     net = net.to(memory_format=memory_format)
     step_net = torch.compile(net, mode=config["compile_mode"]) if compile else net
     loss_fn = LabelSmoothingCrossEntropy()
-    optimizer = torch.optim.AdamW(net.parameters(), **config["optimizer_params"])
+    optimizer = build_optimizer(config["optimizer"], config["optimizer_params"], net.parameters())
     size = config["image_size"]
     images = torch.randn(config["batch_size"], 3, *size, device=device).contiguous(memory_format=memory_format)
     targets = torch.randint(0, NUM_CLASSES, (config["batch_size"],), device=device)

@@ -73,7 +73,16 @@ def build_loss(name: str, params: dict[str, Any] | None) -> torch.nn.Module:
 
 
 def build_optimizer(name: str, params: dict[str, Any], parameters: Any) -> torch.optim.Optimizer:
+    """The optimizer `name` over `parameters`. Where the class has a fused implementation (Adam, AdamW, SGD, Adagrad)
+    and `params` choose neither `fused` nor `foreach`, the fused one is used when the parameters' device supports it:
+    one kernel per step instead of PyTorch's default multi-tensor loop, the same update to float rounding."""
     cls = _lookup("optimizer", name, optimizer_classes(), "in torch.optim")
+    parameters = list(parameters)
+    if "fused" in inspect.signature(cls).parameters and not {"fused", "foreach"} & set(params):
+        try:
+            return cls(parameters, **params, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            pass  # not on this device or with these settings: PyTorch's default below, or the user's error
     try:
         return cls(parameters, **params)
     except (TypeError, ValueError) as error:

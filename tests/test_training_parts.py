@@ -61,6 +61,30 @@ def test_bad_parameters_name_the_part_they_belong_to() -> None:
         build_loss("CrossEntropyLoss", {"smoothing": 0.1})
 
 
+def _adamw_weights_after_steps(params: dict) -> tuple[torch.optim.Optimizer, torch.Tensor]:
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(64, 32))
+    optimizer = build_optimizer("AdamW", params, [weight])
+    for _ in range(5):
+        weight.grad = torch.randn_like(weight)
+        optimizer.step()
+    return optimizer, weight.detach()
+
+
+def test_the_fused_optimizer_is_used_unless_the_config_picks_an_implementation() -> None:
+    fused, fused_weight = _adamw_weights_after_steps({"lr": 0.01, "weight_decay": 0.6})
+    assert fused.defaults["fused"] is True
+    # The same update as PyTorch's own implementation, to float rounding.
+    plain, plain_weight = _adamw_weights_after_steps({"lr": 0.01, "weight_decay": 0.6, "foreach": False})
+    assert not plain.defaults["fused"]
+    assert torch.allclose(fused_weight, plain_weight, atol=1e-6)
+    assert not (fused_weight == _adamw_weights_after_steps({"lr": 0.02, "weight_decay": 0.6})[1]).all()
+    assert not build_optimizer("AdamW", {"fused": False}, [torch.nn.Parameter(torch.zeros(1))]).defaults["fused"]
+    # Optimizers without a fused implementation are built as before.
+    assert isinstance(build_optimizer("RMSprop", {"lr": 0.01}, [torch.nn.Parameter(torch.zeros(1))]),
+                      torch.optim.RMSprop)
+
+
 def test_losses_are_ours_or_torch_nn() -> None:
     assert isinstance(build_loss("LabelSmoothingCrossEntropy", {"smoothing": 0.2}), LabelSmoothingCrossEntropy)
     assert isinstance(build_loss("NLLLoss", None), torch.nn.NLLLoss)

@@ -184,7 +184,8 @@ SCHEMA: tuple[Key, ...] = (
     # Optimizer, scheduler, loss
     Key("optimizer", "optimization", "AdamW", STR, "A class name of `torch.optim`."),
     Key("optimizer_params", "optimization", {"lr": 0.001, "weight_decay": 0.6}, PARAMS,
-        "Keyword arguments of the optimizer."),
+        "Keyword arguments of the optimizer. Adam, AdamW, SGD and Adagrad run PyTorch's fused implementation (one "
+        "kernel per step) unless `fused` or `foreach` is given here."),
     Key("lr_scheduler", "optimization", "MultiStepLR", STR,
         "A class name of `torch.optim.lr_scheduler`, or null for a constant learning rate.", nullable=True),
     Key("lr_scheduler_params", "optimization", {"gamma": 0.1, "milestones": [67, 82, 95, 107]}, PARAMS,
