@@ -15,6 +15,8 @@ from datasets.device_ops import DeviceOp, columns, constant, per_sample, rand, u
 # ITU-R 601-2 luma weights, the ones torchvision's rgb_to_grayscale uses.
 LUMA = (0.2989, 0.587, 0.114)
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
+# Rows: g - b, b - r, r - g (the hue numerators when red, green or blue is the largest channel).
+CHANNEL_DIFFERENCES = (0.0, 1.0, -1.0, -1.0, 0.0, 1.0, 1.0, -1.0, 0.0)
 
 
 def grayscale(batch: Tensor) -> Tensor:
@@ -25,22 +27,22 @@ def grayscale(batch: Tensor) -> Tensor:
     return (batch * weights).sum(dim=1, keepdim=True)
 
 
-def hue_shift(batch: Tensor, shift: Tensor) -> Tensor:
-    """Rotate each RGB image's hue by shift (B,) turns, keeping HSV saturation and value."""
-    minc, maxc = batch.aminmax(dim=1, keepdim=True)
-    chroma = maxc - minc
-    r, g, b = batch[:, 0:1], batch[:, 1:2], batch[:, 2:3]
-    # Grey pixels (chroma 0) get hue 0 below, so any finite divisor does for them.
-    safe = chroma.clamp_min(torch.finfo(batch.dtype).tiny)
-    # Hue in sixths of a turn, from whichever channel is the largest (red first on ties).
-    hue6 = torch.where(maxc == r, ((g - b) / safe) % 6,
-                       torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4))
-    hue6 = hue6.masked_fill_(chroma == 0, 0).add_(6 * per_sample(shift)).remainder_(6)
+def hue_shift(pixels: Tensor, shift: Tensor) -> Tensor:
+    """Rotate the hue of each image of a (B, 3, N) batch of RGB pixels by shift (B,) turns, keeping HSV saturation
+    and value."""
+    maxc, largest = pixels.max(dim=1, keepdim=True)  # the first largest channel: red, then green, on ties
+    chroma = maxc - pixels.amin(dim=1, keepdim=True)
+    # Grey pixels (chroma 0) have all three differences 0, so hue 0 below; any finite divisor does for them.
+    safe = chroma.clamp_min(torch.finfo(pixels.dtype).tiny)
+    # Hue in sixths of a turn: (g - b) / chroma when red is largest, 2 + (b - r) / chroma for green, 4 + (r - g) /
+    # chroma for blue. The three differences come from one product with a constant matrix.
+    differences = torch.matmul(constant(CHANNEL_DIFFERENCES, pixels.device, pixels.dtype).view(3, 3), pixels)
+    hue6 = torch.addcdiv(torch.add(shift.view(-1, 1, 1) * 6, largest, alpha=2),
+                         differences.gather(1, largest), safe)
     # HSV -> RGB without branches: channel n (R=5, G=3, B=1) is max - chroma * clamp(min(k, 4 - k), 0, 1),
-    # with k = (n + hue6) mod 6.
-    n = constant((5.0, 3.0, 1.0), batch.device, batch.dtype).view(1, 3, 1, 1)
-    k = (n + hue6).remainder_(6)
-    return maxc - chroma * torch.minimum(k, 4 - k).clamp_(0, 1)
+    # with k = (n + hue6) mod 6; the mod also wraps the shifted hue into one turn.
+    k = (constant((5.0, 3.0, 1.0), pixels.device, pixels.dtype).view(1, 3, 1) + hue6).remainder_(6)
+    return torch.addcmul(maxc, chroma, torch.minimum(k, 4 - k).clamp_(0, 1), value=-1)
 
 
 class ColorJitter(DeviceOp):
@@ -73,50 +75,70 @@ class ColorJitter(DeviceOp):
         return 6 if self._hue_step(shape) else 4
 
     def width(self, shape):
-        # Per blend slot: factor, mean weight, luma weight; then the hue shift when there is a hue step.
-        return 3 * self._slots(shape) + int(self._hue_step(shape))
+        # Per blend slot: a C x C colour matrix and C mean weights; then the hue shift when there is a hue step.
+        channels = shape[1]
+        return (channels * channels + channels) * self._slots(shape) + int(self._hue_step(shape))
 
     def prepare(self, params, shape):
         # Each sample blends (brightness, contrast, saturation) and shifts its hue in its own order. The hue step is
         # the costly one, so it runs once for the whole batch: each sample's blends before its hue step run in up
-        # to three slots before it, and those after in up to three slots after; a slot a sample does not use blends
-        # it with factor 1, which leaves it unchanged. This table holds every slot's per-sample numbers, so that
-        # the device only runs image-sized kernels.
+        # to three slots before it, and those after in up to three slots after; a slot a sample does not use is
+        # the identity for it. This table holds every slot's per-sample numbers, so that the device only runs
+        # image-sized kernels.
         order = params["order"]
         ones = torch.ones_like(params["brightness"])
         by_component = torch.stack([params["brightness"], params["contrast"], params["saturation"], ones], dim=1)
         factor = by_component.float().gather(1, order)  # (B, 4): each position's factor; 1 for the hue step
-        # Blend targets: t = mean_weight * mean(luma) + luma_weight * luma; black for brightness.
-        mean_weight = (order == CONTRAST).float()
-        # Saturation blends with luma; a 1-channel image is its own luma, so it stays unchanged, as in torchvision.
-        luma_weight = (order == SATURATION).float()
+        contrast = (order == CONTRAST).float()
+        saturation = (order == SATURATION).float()
+        if shape[1] == 1:  # a 1-channel image is its own luma: saturation leaves it unchanged, as in torchvision
+            factor = torch.where(order == SATURATION, 1.0, factor)
+            saturation = torch.zeros_like(saturation)
         if not self._hue_step(shape):
-            slots = [(factor[:, k], mean_weight[:, k], luma_weight[:, k]) for k in range(4)]
-            return columns(*(value for slot in slots for value in slot))
-        hue_at = (order == HUE).int().argmax(dim=1)
-        slots = []
-        for position, used in [(k, k < hue_at) for k in range(3)] + [(k, k > hue_at) for k in range(1, 4)]:
-            slots.append((torch.where(used, factor[:, position], 1), mean_weight[:, position] * used,
-                          luma_weight[:, position] * used))
-        return columns(*(value for slot in slots for value in slot), params["hue"])
+            positions = [(k, torch.ones_like(factor[:, k], dtype=torch.bool)) for k in range(4)]
+        else:
+            hue_at = (order == HUE).int().argmax(dim=1)
+            positions = [(k, k < hue_at) for k in range(3)] + [(k, k > hue_at) for k in range(1, 4)]
+        slots = [_blend_coefficients(torch.where(used, factor[:, k], 1), contrast[:, k] * used,
+                                     saturation[:, k] * used, shape[1]) for k, used in positions]
+        table = torch.cat([part for slot in slots for part in slot], dim=1)
+        return torch.cat([table, params["hue"].float()[:, None]], dim=1) if self._hue_step(shape) else table
 
     def apply_prepared(self, batch, prepared, generator=None):
         table = prepared.to(batch.dtype)
         shape = tuple(batch.shape)
+        size, channels = shape[0], shape[1]
         hue = self._hue_step(shape)
+        pixels = batch.reshape(size, channels, -1)
+        width = channels * channels + channels
         for slot in range(self._slots(shape)):
             if hue and slot == 3:
-                batch = hue_shift(batch, table[:, -1])
-            batch = self._blend(batch, *(table[:, 3 * slot + k] for k in range(3)))
-        return batch
+                pixels = hue_shift(pixels, table[:, -1])
+            start = slot * width
+            matrix = table[:, start:start + channels * channels].view(size, channels, channels)
+            mean_weights = table[:, start + channels * channels:start + width].view(size, 1, channels)
+            pixels = self._blend(pixels, matrix, mean_weights)
+        return pixels.view(shape)
 
     @staticmethod
-    def _blend(batch: Tensor, factor: Tensor, mean_weight: Tensor, luma_weight: Tensor) -> Tensor:
-        """torchvision's blend, per sample: clamp(f * x + (1 - f) * target, 0, 1)."""
-        luma = grayscale(batch)
-        target = torch.addcmul(per_sample(mean_weight) * luma.mean(dim=(1, 2, 3), keepdim=True),
-                               per_sample(luma_weight), luma)
-        return torch.lerp(target, batch, per_sample(factor)).clamp_(0, 1)
+    def _blend(pixels: Tensor, matrix: Tensor, mean_weights: Tensor) -> Tensor:
+        """torchvision's blend clamp(f * x + (1 - f) * target, 0, 1) for every sample at once: with target = luma
+        (saturation), the mean of luma (contrast) or black (brightness), the blend is `matrix` @ pixel plus
+        `mean_weights` . the image's channel means. One batched matrix product instead of a chain of elementwise
+        kernels."""
+        offset = torch.bmm(mean_weights, pixels.mean(dim=2, keepdim=True))  # (B, 1, 1)
+        return torch.baddbmm(offset, matrix, pixels).clamp_(0, 1)
+
+
+def _blend_coefficients(factor: Tensor, contrast: Tensor, saturation: Tensor, channels: int) -> tuple[Tensor, Tensor]:
+    """Per sample, the (C*C) colour matrix and (C) mean weights of a blend with factor f towards luma (where
+    `saturation` is 1), the mean of luma (where `contrast` is 1) or black (brightness, where both are 0)."""
+    luma = torch.tensor(LUMA if channels == 3 else (1.0,))
+    rest = (1 - factor)[:, None]
+    identity = torch.eye(channels).flatten()
+    # f * I + (1 - f) * 1 w^T: every channel becomes f * itself plus (1 - f) * luma.
+    matrix = factor[:, None] * identity + (rest * saturation[:, None]) * luma.repeat(channels)
+    return matrix, rest * contrast[:, None] * luma
 
 
 class RandomGrayscale(DeviceOp):
