@@ -1,4 +1,5 @@
-"""Operator counts of one training step, from PyTorch's profiler: the network vs the on-device preprocessing.
+"""Operator counts of one training step, from PyTorch's profiler: the network vs the on-device preprocessing, and a
+whole training iteration through Lightning vs the model-only loop.
 
     python -m benchmarks.op_count [--batch-size 64] [--image-size 227]
 
@@ -6,16 +7,26 @@ On a GPU a small network such as GhostNet is bound by the CPU's cost of launchin
 the GPU's arithmetic, so the number of operators each part of a step dispatches predicts its share of the step's
 time. Counted on the CPU (the same operators are dispatched on a GPU), for the default (C-50) config with
 `gpu_augmentations: true`: top-level aten operators (not the ones they call internally), leaving out views and
-other operators that launch no kernel. The optimizer is left out: its count depends on the device (PyTorch uses
-multi-tensor kernels on CUDA).
+other operators that launch no kernel. Gradients are set to None before each counted backward pass, as in
+training (accumulating into existing ones would add an addition per parameter).
+
+The whole-iteration rows count one training iteration of the model-only loop (forward, loss, backward, the
+optimizer's step, as `benchmarks.training_throughput` runs it) and one iteration of Lightning's Trainer with
+`NetModule` over batches as the train loader's workers deliver them (preprocessing, step, epoch metrics, hooks;
+the host-to-device copies of a GPU run are not in it). Their ratio is the launch-bound prediction of the full
+pipeline's share of model-only speed.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import warnings
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
+import pytorch_lightning as pl
 import torch
 from torch.profiler import ProfilerActivity, profile
 
@@ -30,7 +41,7 @@ NO_KERNEL = {
     "aten::alias", "aten::detach", "aten::detach_", "aten::empty", "aten::empty_like", "aten::empty_strided",
     "aten::result_type", "aten::to", "aten::lift_fresh", "aten::resolve_conj", "aten::resolve_neg",
     "aten::_reshape_alias", "aten::reshape", "aten::contiguous", "aten::_unsafe_view", "aten::expand_as",
-    "aten::view_as", "aten::broadcast_tensors", "aten::flatten",
+    "aten::view_as", "aten::broadcast_tensors", "aten::flatten", "aten::narrow", "aten::set_",
 }
 
 
@@ -38,9 +49,46 @@ def count_ops(fn: Callable[[], object]) -> Counter[str]:
     """Top-level kernel-launching aten operators that `fn` dispatches, by name."""
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         fn()
+    return kernel_ops(profiler)
+
+
+def kernel_ops(profiler: profile) -> Counter[str]:
     top = [event.name for event in profiler.events() if event.name.startswith("aten::")
            and (event.cpu_parent is None or not event.cpu_parent.name.startswith("aten::"))]
     return Counter(name for name in top if name not in NO_KERNEL)
+
+
+class IterationProfiler(pl.Callback):
+    """Counts the operators between the end of training batch `at` and the end of the next one: one whole
+    iteration of Lightning's loop (fetch, transfer, preprocessing, step, metrics, hooks)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+        self.counts: Counter[str] = Counter()
+        self._profiler: profile | None = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if batch_idx == self.at:
+            self._profiler = profile(activities=[ProfilerActivity.CPU])
+            self._profiler.__enter__()
+        elif batch_idx == self.at + 1 and self._profiler is not None:
+            self._profiler.__exit__(None, None, None)
+            self.counts = kernel_ops(self._profiler)
+
+
+def lightning_iteration(module: pl.LightningModule, batches: list[tuple[torch.Tensor, ...]]) -> Counter[str]:
+    """Operators of one training iteration of Lightning's Trainer over `batches` (on the CPU, no logger, no
+    progress bar, as `benchmarks.training_throughput` runs it)."""
+    for name in ("lightning.pytorch", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="pytorch_lightning")  # no validation loader here; library notices
+    counter = IterationProfiler(at=len(batches) - 2)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_val_batches=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[counter])
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    return counter.counts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=227, help="default 227")
     args = parser.parse_args(argv)
     from models.net_module import NetModule
+    from models.training_parts import build_optimizer
 
     torch.set_num_threads(1)
     config = validate({"gpu_augmentations": True, "image_size": [args.image_size, args.image_size]})
@@ -57,22 +106,32 @@ def main(argv: list[str] | None = None) -> int:
     uint8_batch = torch.randint(0, 256, shape, dtype=torch.uint8)
     targets = torch.randint(0, NUM_CLASSES, (args.batch_size,))
     images = torch.rand(shape)
+    optimizer = build_optimizer(config["optimizer"], config["optimizer_params"], module.net.parameters())
 
     def network_step() -> None:
+        module.net.zero_grad(set_to_none=True)
         module.loss(module.net(images), targets).backward()
+
+    def model_only_iteration() -> None:
+        loss = module.loss(module.net(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
 
     def evaluation() -> None:
         with torch.no_grad():
             module.net.eval()(images)
         module.net.train()
 
-    network_step()  # first calls allocate and pick kernels
+    model_only_iteration()  # first calls allocate and pick kernels, and make the optimizer's state
     drawn = module.augment.draw(shape)  # as the train loader's workers draw them
     labels = ["preprocessing: uint8 -> float, device augmentations (parameters from the workers), Normalize",
               "network: forward + backward (training)", "network: forward (validation)",
+              f"optimizer step ({type(optimizer).__name__}, fused {bool(optimizer.defaults.get('fused'))})",
               "for comparison: preprocessing drawing the parameters on the device"]
     counts = [count_ops(lambda: module.preprocess(uint8_batch, train=True, drawn=drawn)), count_ops(network_step),
-              count_ops(evaluation), count_ops(lambda: module.preprocess(uint8_batch, train=True))]
+              count_ops(evaluation), count_ops(optimizer.step),
+              count_ops(lambda: module.preprocess(uint8_batch, train=True))]
     start = 0
     for op in module.augment.ops:
         width = op.width(shape)
@@ -85,8 +144,23 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(["part of a training step", "kernel-launching operators"],
                          [[label, str(sum(count.values()))] for label, count in zip(labels, counts)]))
     preprocessing = sum(counts[0].values())
-    print(f"\nif time follows operator counts, the full step runs at {network / (network + preprocessing):.0%} of "
-          f"the network alone (the benchmark target is >= 90 %)")
+    print(f"\nnetwork and preprocessing alone: if time follows operator counts, the step runs at "
+          f"{network / (network + preprocessing):.0%} of the network alone")
+
+    model_only = sum(count_ops(model_only_iteration).values())
+    batches = [(uint8_batch, targets, module.augment.draw(shape)) for _ in range(4)]
+    full = lightning_iteration(module, batches)
+    extra = full - count_ops(model_only_iteration)
+    print()
+    print(markdown_table(["one training iteration", "kernel-launching operators"], [
+        ["model-only loop: forward, loss, backward, optimizer step", str(model_only)],
+        ["Lightning's Trainer with NetModule (the full pipeline's main process)", str(sum(full.values()))],
+        ["  of which not in the model-only loop", str(sum(extra.values()))],
+    ]))
+    print("  the additional operators: " + ", ".join(f"{name.removeprefix('aten::')} {count}"
+                                                   for name, count in extra.most_common()))
+    print(f"\nwhole iterations: if time follows operator counts, the full pipeline runs at "
+          f"{model_only / sum(full.values()):.0%} of model-only (the benchmark target is >= 90 %)")
     return 0
 
 

@@ -10,11 +10,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
 
 from datasets.device_augment import DeviceAugmenter, device_augmentation_settings
 from models.arch_dict import build_architecture
+from models.epoch_metrics import LossAndAccuracy
 from models.training_parts import build_loss, build_optimizer, build_scheduler
 
 
@@ -59,14 +58,7 @@ class NetModule(pl.LightningModule):
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self._compile(compile, compile_mode)
-        # Without their input checks: those read values back from the device, a host-device sync every batch that
-        # stalls a GPU. Targets are checked when the labels are read; a NaN loss still shows, as a NaN mean.
-        self.metrics = torch.nn.ModuleDict({
-            f"{stage}_{name}": metric
-            for stage in ("train", "valid")
-            for name, metric in (("loss", MeanMetric(nan_strategy="disable")),
-                                 ("acc", MulticlassAccuracy(num_classes, average="micro", validate_args=False)))
-        })
+        self.metrics = torch.nn.ModuleDict({f"{stage}_metrics": LossAndAccuracy() for stage in ("train", "valid")})
 
     def _compile(self, compile: bool, mode: str) -> None:
         # Stored around nn.Module's attribute registration: as a submodule, the compiled wrapper would put a second
@@ -134,9 +126,7 @@ class NetModule(pl.LightningModule):
         images, targets = batch
         logits = self(images)
         loss = self.loss(logits, targets)
-        # The batch mean repeated per sample: weighting by a Python int would copy it to the device every batch.
-        self.metrics[f"{stage}_loss"].update(loss.detach().expand(targets.numel()))
-        self.metrics[f"{stage}_acc"].update(logits.detach(), targets)
+        self.metrics[f"{stage}_metrics"].update(loss, logits.detach(), targets)
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -159,11 +149,11 @@ class NetModule(pl.LightningModule):
         fitting = self.trainer.state.fn == "fit" and not self.trainer.sanity_checking
         record: dict[str, float] = {"epoch": self.current_epoch}
         for stage in ("train", "valid") if fitting else ("valid",):
-            for name in ("loss", "acc"):
-                metric = self.metrics[f"{stage}_{name}"]
-                # compute() syncs across DDP ranks: the value covers the whole split, not one rank's share.
-                value = metric.compute()
-                metric.reset()
+            metric = self.metrics[f"{stage}_metrics"]
+            # compute() syncs across DDP ranks: the values cover the whole split, not one rank's share.
+            values = dict(zip(("loss", "acc"), metric.compute()))
+            metric.reset()
+            for name, value in values.items():
                 record[f"{stage}_{name}"] = float(value)
                 if not self.trainer.sanity_checking:
                     self.log(f"{stage}_{name}", value, prog_bar=True)

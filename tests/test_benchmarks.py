@@ -125,14 +125,21 @@ def test_epoch_time_projects_c50_from_the_epochs_of_one_real_run() -> None:
 
 def test_op_count_reports_the_network_and_each_device_augmentation() -> None:
     output = run_script("benchmarks.op_count", "--batch-size", "2", "--image-size", "32")
-    cells = {row[0].strip(): int(row[1]) for row in table_rows(output)}
+    cells = {row[0].strip(): int(row[1]) for row in table_rows(output) if row[1].isdigit()}  # both tables
     network = cells["network: forward + backward (training)"]
     preprocessing = cells["preprocessing: uint8 -> float, device augmentations (parameters from the workers), "
                           "Normalize"]
     assert network > cells["network: forward (validation)"] > 0
-    parts = [value for name, value in cells.items() if name.startswith("of which")]
+    parts = [value for name, value in cells.items() if name.startswith("of which") and "applying" in name]
     assert len(parts) == 3 and sum(parts) < preprocessing  # flip, affine, jitter; plus conversion and Normalize
     # drawing the parameters on the device adds their sampling and preparation to the device's work
     assert cells["for comparison: preprocessing drawing the parameters on the device"] > preprocessing
-    share = int(re.search(r"runs at (\d+)% of", output).group(1))
+    share = int(re.search(r"runs at (\d+)% of the network alone", output).group(1))
     assert share == round(100 * network / (network + preprocessing))
+    # A whole Lightning iteration holds the model-only loop's operators plus the preprocessing and the metrics.
+    model_only = cells["model-only loop: forward, loss, backward, optimizer step"]
+    full = cells["Lightning's Trainer with NetModule (the full pipeline's main process)"]
+    extra = cells["of which not in the model-only loop"]
+    assert model_only >= network and full - extra <= model_only and extra > preprocessing
+    share = int(re.search(r"runs at (\d+)% of model-only", output).group(1))
+    assert share == round(100 * model_only / full)
