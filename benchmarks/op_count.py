@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
               count_ops(evaluation), count_ops(optimizer.step),
               count_ops(lambda: module.preprocess(uint8_batch, train=True))]
     start = 0
-    for op in module.augment.ops:
+    for op in module.augment.steps:
         width = op.width(shape)
         labels.append(f"  of which {op.name} (applying its parameters)")
         counts.append(count_ops(lambda op=op, table=drawn[:, start:start + width]: op.apply_prepared(images, table)))

@@ -18,7 +18,7 @@ from torch.utils.data import default_collate
 from torchvision.transforms import v2
 
 from datasets.device_color import ColorJitter, RandomGrayscale
-from datasets.device_geometry import RandomAffine, RandomRotation
+from datasets.device_geometry import FlipThenWarp, RandomAffine, RandomRotation
 from datasets.device_ops import DeviceOp, RandomErasing, RandomFlip
 from utils.configuration import unknown_name_message
 from utils.errors import ConfigError
@@ -89,6 +89,18 @@ def device_augmentation_settings(config: dict[str, Any]) -> dict[str, dict | Non
             "tensor": config["tensor_augmentations"] if config["augment_tensors"] else None}
 
 
+def fuse_steps(ops: list[DeviceOp]) -> list[DeviceOp]:
+    """The ops as they run: a flip directly followed by an affine warp or a rotation becomes one warp
+    (`FlipThenWarp`), the same augmentation in one resampling instead of three passes over the batch."""
+    steps: list[DeviceOp] = []
+    for op in ops:
+        if isinstance(op, (RandomAffine, RandomRotation)) and steps and isinstance(steps[-1], RandomFlip):
+            steps[-1] = FlipThenWarp(steps[-1], op)
+        else:
+            steps.append(op)
+    return steps
+
+
 class DeviceAugmenter(torch.nn.Module):
     """Applies the configured augmentations to a (B, C, H, W) float batch in [0, 1], per sample.
 
@@ -102,6 +114,7 @@ class DeviceAugmenter(torch.nn.Module):
         super().__init__()
         entries = list((image_augmentations or {}).items()) + list((tensor_augmentations or {}).items())
         self.ops: list[DeviceOp] = [build_op(name, params) for name, params in entries]
+        self.steps = fuse_steps(self.ops)
 
     def sample_params(self, shape: tuple[int, int, int, int], device: torch.device,
                       generator: torch.Generator | None = None) -> list[dict[str, Tensor]]:
@@ -115,7 +128,7 @@ class DeviceAugmenter(torch.nn.Module):
         The DataModule's train loader draws these in its workers (`DrawingCollate`), so that the training device
         only runs the image-sized kernels of `apply_drawn`.
         """
-        tables = [op.prepare(op.sample_params(shape, device, generator), shape) for op in self.ops]
+        tables = [step.prepare(step.sample_params(shape, device, generator), shape) for step in self.steps]
         return torch.cat(tables, dim=1) if tables else torch.zeros(shape[0], 0, device=device)
 
     def apply_drawn(self, batch: Tensor, drawn: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -123,7 +136,7 @@ class DeviceAugmenter(torch.nn.Module):
         if batch.dim() != 4 or batch.shape[1] not in (1, 3):
             raise ValueError(f"expected a (B, 1 or 3, H, W) batch, got shape {tuple(batch.shape)}")
         shape = tuple(batch.shape)
-        widths = [op.width(shape) for op in self.ops]
+        widths = [step.width(shape) for step in self.steps]
         if tuple(drawn.shape) != (shape[0], sum(widths)):
             raise ValueError(f"drawn parameters of shape {tuple(drawn.shape)} do not fit a batch of shape {shape} "
                              f"and these augmentations ({shape[0]} x {sum(widths)} expected)")
@@ -131,8 +144,8 @@ class DeviceAugmenter(torch.nn.Module):
         # Half-precision grids and HSV round-trips lose visible precision (and CPU grid_sample lacks bfloat16).
         work = batch.float() if dtype in LOW_PRECISION else batch
         start = 0
-        for op, width in zip(self.ops, widths):
-            work = op.apply_prepared(work, drawn[:, start:start + width], generator)
+        for step, width in zip(self.steps, widths):
+            work = step.apply_prepared(work, drawn[:, start:start + width], generator)
             start += width
         return work.to(dtype)
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms import InterpolationMode, v2
 
-from datasets.device_ops import DeviceOp, constant, uniform
+from datasets.device_ops import DeviceOp, RandomFlip, constant, uniform
 from utils.errors import ConfigError
 
 GRID_MODES = {InterpolationMode.NEAREST: "nearest", InterpolationMode.BILINEAR: "bilinear",
@@ -172,3 +172,31 @@ class RandomRotation(DeviceOp):
     def apply_prepared(self, batch, prepared, generator=None):
         return warp(batch, prepared, self.mode, self.fill)
 
+
+
+class FlipThenWarp(DeviceOp):
+    """A RandomHorizontalFlip or RandomVerticalFlip directly followed by a RandomAffine or RandomRotation, as one
+    resampling: mirroring is affine too, so each flipped sample's warp matrix takes the flip in. Each op draws its
+    parameters as it would alone; the batch is read and written once instead of three times."""
+
+    def __init__(self, flip: RandomFlip, warp: RandomAffine | RandomRotation) -> None:
+        self.flip, self.warp = flip, warp
+        self.name = f"{flip.name} + {warp.name}"
+
+    def sample_params(self, shape, device, generator=None):
+        return {"flip": self.flip.sample_params(shape, device, generator)["flip"],
+                "warp": self.warp.sample_params(shape, device, generator)}
+
+    def width(self, shape):
+        return self.warp.width(shape)
+
+    def prepare(self, params, shape):
+        theta = self.warp.prepare(params["warp"], shape).view(-1, 2, 3).clone()
+        # The warp samples the flipped image at theta @ (x, y, 1); in grid_sample's centred coordinates the
+        # flipped image's point (x, y) is the original's (-x, y), or (x, -y) for a vertical flip.
+        row = 0 if self.flip.dim == -1 else 1
+        theta[:, row] *= (1 - 2 * params["flip"].float())[:, None]
+        return theta.reshape(-1, 6)
+
+    def apply_prepared(self, batch, prepared, generator=None):
+        return self.warp.apply_prepared(batch, prepared, generator)

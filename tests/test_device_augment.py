@@ -198,6 +198,30 @@ def test_rotation_matches_torchvision_rotate_and_rot90():
     assert torch.allclose(turned[..., 1:-1, 1:-1], expected[..., 1:-1, 1:-1], atol=1e-4)
 
 
+@pytest.mark.parametrize("flip", ["RandomHorizontalFlip", "RandomVerticalFlip"])
+@pytest.mark.parametrize("warp", [("RandomAffine", {"degrees": 25, "translate": [0.1, 0.1], "scale": [0.9, 1.1],
+                                                    "shear": 8, "fill": 0.3}),
+                                  ("RandomRotation", {"degrees": 40})])
+def test_a_flip_before_a_warp_runs_as_one_warp_with_the_same_pixels(flip, warp):
+    augmenter = DeviceAugmenter({flip: {"p": 0.5}, warp[0]: warp[1]}, None)
+    assert [step.name for step in augmenter.steps] == [f"{flip} + {warp[0]}"]
+    batch = torch.cat([image(seed=seed) for seed in range(8)])
+    generator = torch.Generator().manual_seed(3)
+    flip_params, warp_params = augmenter.sample_params(tuple(batch.shape), batch.device, generator)
+    assert 0 < flip_params["flip"].sum() < 8
+    fused = augmenter.steps[0].apply(batch, {"flip": flip_params["flip"], "warp": warp_params})
+    one_by_one = augmenter.ops[1].apply(augmenter.ops[0].apply(batch, flip_params), warp_params)
+    torch.testing.assert_close(fused, one_by_one, atol=1e-4, rtol=0)
+
+
+def test_only_a_flip_directly_before_a_warp_is_fused():
+    augmenter = DeviceAugmenter({"RandomHorizontalFlip": None, "ColorJitter": {"hue": 0.1},
+                                 "RandomAffine": {"degrees": 5}}, None)
+    assert [step.name for step in augmenter.steps] == ["RandomHorizontalFlip", "ColorJitter", "RandomAffine"]
+    assert [step.name for step in template_augmenter().steps] == [
+        "RandomHorizontalFlip + RandomAffine", "ColorJitter", "RandomErasing"]
+
+
 def test_affine_fills_outside_with_configured_value():
     op = build_op("RandomAffine", {"degrees": 0, "translate": [0.5, 0.0], "fill": 0.25})
     params = neutral_affine()
