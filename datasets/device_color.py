@@ -133,9 +133,9 @@ class ColorJitter(DeviceOp):
 def _blend_coefficients(factor: Tensor, contrast: Tensor, saturation: Tensor, channels: int) -> tuple[Tensor, Tensor]:
     """Per sample, the (C*C) colour matrix and (C) mean weights of a blend with factor f towards luma (where
     `saturation` is 1), the mean of luma (where `contrast` is 1) or black (brightness, where both are 0)."""
-    luma = torch.tensor(LUMA if channels == 3 else (1.0,))
+    luma = constant(LUMA if channels == 3 else (1.0,), factor.device)
     rest = (1 - factor)[:, None]
-    identity = torch.eye(channels).flatten()
+    identity = constant((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0) if channels == 3 else (1.0,), factor.device)
     # f * I + (1 - f) * 1 w^T: every channel becomes f * itself plus (1 - f) * luma.
     matrix = factor[:, None] * identity + (rest * saturation[:, None]) * luma.repeat(channels)
     return matrix, rest * contrast[:, None] * luma

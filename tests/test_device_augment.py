@@ -359,6 +359,21 @@ def test_erasing_area_uniform_and_ratio_log_uniform_when_every_box_fits():
     assert_uniform(p["aspect_ratio"].log(), math.log(0.3), math.log(3.3))
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_op_makes_its_tensors_on_the_batch_device(channels):
+    # PyTorch's "meta" device runs no kernels but refuses any tensor left on the CPU, as CUDA would; on a GPU such a
+    # tensor is an error, or a copy that makes the CPU wait.
+    augmenter = DeviceAugmenter({"RandomVerticalFlip": None, "RandomRotation": {"degrees": 10, "fill": 0.5},
+                                 "RandomHorizontalFlip": None, "RandomAffine": {"degrees": 5, "shear": [1, 2, 3, 4]},
+                                 "ColorJitter": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.1},
+                                 "RandomGrayscale": {"p": 0.5}},
+                                {"RandomErasing": {"p": 1.0, "value": "random"}})
+    batch = torch.rand(4, channels, 24, 32, device="meta")
+    assert augmenter(batch).device.type == "meta"  # parameters drawn on the device
+    drawn = augmenter.draw(tuple(batch.shape)).to("meta")  # drawn in a worker, moved with the batch
+    assert augmenter.apply_drawn(batch, drawn).device.type == "meta"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_batch_stays_on_device_and_seeds_reproduce():
     augmenter, batch = template_augmenter(), torch.rand(8, 3, 24, 32, device="cuda").bfloat16()
