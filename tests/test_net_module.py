@@ -66,6 +66,19 @@ def test_compile_also_compiles_the_preprocessing_in_one_graph_with_the_eager_res
     assert module._compiled_preprocess is not None
 
 
+def test_channels_last_preprocessing_writes_the_network_layout_directly_with_the_same_values() -> None:
+    settings = {"gpu_augmentations": True, "image_size": [32, 32]}
+    plain = NetModule.from_config(validate(settings), 5, [str(i) for i in range(5)])
+    last = NetModule.from_config(validate({**settings, "channels_last": True}), 5, [str(i) for i in range(5)])
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    drawn = last.augment.draw(tuple(images.shape))
+    out = last.preprocess(images, True, drawn)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, plain.preprocess(images, True, drawn))
+    explained = torch._dynamo.explain(last._preprocess)(images, True, drawn)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+
+
 def test_compile_mode_reaches_torch_compile_for_the_network_and_the_preprocessing(monkeypatch) -> None:
     calls = []
     monkeypatch.setattr(torch, "compile", lambda target, **options: calls.append(options) or target)
