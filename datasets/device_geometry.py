@@ -79,7 +79,10 @@ def grid_theta(forward: Tensor, center: tuple[float, float], height: int, width:
 def warp(batch: Tensor, theta: Tensor, mode: str, fill: list[float] | None) -> Tensor:
     """Resample each image through its `grid_theta` row (B, 6); points from outside the image take `fill`
     (None = 0)."""
-    grid = F.affine_grid(theta.reshape(-1, 2, 3).to(batch.dtype), list(batch.shape), align_corners=False)
+    # The grid does not depend on the channel count; 1 there keeps affine_grid's size check (`min(size) <= 0`) from
+    # comparing the batch size with the channels, which would make torch.compile specialise on batches above 3.
+    size = [batch.shape[0], 1, batch.shape[2], batch.shape[3]]
+    grid = F.affine_grid(theta.reshape(-1, 2, 3).to(batch.dtype), size, align_corners=False)
     if fill is None:
         return F.grid_sample(batch, grid, mode=mode, padding_mode="zeros", align_corners=False).clamp_(0, 1)
     # A ones channel sampled alongside tells how much of each output pixel came from inside the image.

@@ -98,14 +98,18 @@ class NetModule(pl.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # `is None`, not `or`: a compiled module's truth value asks the network for len(), which GhostNet lacks.
-        return (self.net if self._compiled_net is None else self._compiled_net)(images)
+        if self._compiled_net is None:
+            return self.net(images)
+        return self._compiled_net(_any_batch_size(images))
 
     def preprocess(self, images: torch.Tensor, train: bool, drawn: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 or [0, 1] float batch -> augmented (optional) and normalized float batch. `drawn` holds the
         augmentation parameters the train loader's workers drew (`DeviceAugmenter.draw`); without it they are
         drawn here, on the batch's device."""
-        preprocess = self._preprocess if self._compiled_preprocess is None else self._compiled_preprocess
-        return preprocess(images, train, drawn)
+        if self._compiled_preprocess is None:
+            return self._preprocess(images, train, drawn)
+        drawn = None if drawn is None else _any_batch_size(drawn)
+        return self._compiled_preprocess(_any_batch_size(images), train, drawn)
 
     def _preprocess(self, images: torch.Tensor, train: bool, drawn: torch.Tensor | None) -> torch.Tensor:
         if images.dtype == torch.uint8:
@@ -167,3 +171,11 @@ class NetModule(pl.LightningModule):
         optimizer = build_optimizer(self.hparams.optimizer, self.hparams.optimizer_params or {}, self.parameters())
         scheduler = build_scheduler(self.hparams.lr_scheduler, self.hparams.lr_scheduler_params, optimizer)
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def _any_batch_size(batch: torch.Tensor) -> torch.Tensor:
+    """`batch`, marked for torch.compile as having a batch size that varies. Otherwise the first graph is made for
+    the first batch's size, and the epoch's last, smaller batch compiles the whole training step a second time
+    (with a varying size then); marked, one graph serves every size (see documentation/performance.md)."""
+    torch._dynamo.maybe_mark_dynamic(batch, 0)
+    return batch
