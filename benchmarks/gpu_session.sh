@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Everything to check and measure on a CUDA machine, most valuable first: the CUDA tests, training throughput
-# (model-only vs full pipeline, compile off, then on), real epochs with compile on (the C-50 projection, compilation
-# included), then where the training loop waits for the GPU, the data pipeline, real epochs with compile off and
-# compile's CUDA graphs. Each step's whole output goes to $OUT/<step>.log (default ./gpu-logs); its tail is printed.
+# Everything to check and measure on a CUDA machine, most valuable first: the CUDA tests, Lightning's host time per
+# step, training throughput (model-only vs full pipeline, compile off, then on), real epochs with compile on (the
+# C-50 projection, compilation included), then where the training loop waits for the GPU, the data pipeline, real
+# epochs with compile off and compile's CUDA graphs. Each step's whole output goes to $OUT/<step>.log (default
+# ./gpu-logs); its tail is printed.
 #
 #     bash benchmarks/gpu_session.sh [step ...]      (default: every step)
 #
-# Steps: tests throughput compile compile-epochs syncs pipeline epochs compile-graphs. On an H100 (2026-11-26) tests,
-# syncs, pipeline, throughput (both precisions) and epochs took about 7 minutes together; compile did not finish in
-# the 2 minutes left of that call, so give the compile steps a call of their own, e.g. `tests throughput` in one
-# call and `compile compile-epochs` in the next. throughput and compile print each setting as it is measured.
+# Steps: tests overhead throughput compile compile-epochs syncs pipeline epochs compile-graphs. On an H100
+# (2026-11-26) tests, syncs, pipeline, throughput (both precisions) and epochs took about 7 minutes together; compile
+# did not finish in the 2 minutes left of that call, so give the compile steps a call of their own, e.g.
+# `tests overhead throughput` in one call and `compile compile-epochs` in the next. throughput and compile print
+# each setting as it is measured.
 set -u
 OUT=${OUT:-gpu-logs}
 mkdir -p "$OUT"
@@ -44,6 +46,8 @@ cat "$OUT/env.log"
 
 want tests && step tests 200 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py \
     "tests/test_device_augment.py::test_cuda_batch_stays_on_device_and_seeds_reproduce"
+# Lightning's host time per step on this machine's CPU (about 10 s).
+want overhead && step overhead 60 $PY -m benchmarks.loop_overhead --rounds 3
 # fp32 only: bf16-mixed was slower than fp32 for GhostNet on the H100 (2026-11-26).
 want throughput && step throughput 240 $PY -m benchmarks.training_throughput --batches 100 --compile off \
     --precisions 32-true --data-dir /tmp/cars-bench-throughput

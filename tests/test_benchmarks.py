@@ -148,3 +148,13 @@ def test_op_count_reports_the_network_and_each_device_augmentation() -> None:
     assert model_only >= network and full - extra <= model_only and extra > preprocessing
     share = int(re.search(r"runs at (\d+)% of model-only", output).group(1))
     assert share == round(100 * model_only / full)
+
+
+def test_loop_overhead_reports_each_loop_against_the_plain_one() -> None:
+    output = run_script("benchmarks.loop_overhead", "--steps", "60", "--rounds", "1")
+    rows = {row[0]: (float(row[1]), float(row[2])) for row in table_rows(output)}
+    assert list(rows) == ["plain PyTorch loop", "Lightning, no progress bar", "Lightning, progress bar"]
+    plain = rows["plain PyTorch loop"][0]
+    assert plain > 0 and rows["plain PyTorch loop"][1] == 0
+    for per_step, added in rows.values():
+        assert added == pytest.approx(per_step - plain, abs=0.002)
