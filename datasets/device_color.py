@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
-from datasets.device_ops import DeviceOp, columns, constant, per_sample, rand, uniform
+from datasets.device_ops import DeviceOp, PerSampleChoice, constant, rand, uniform
 
 # ITU-R 601-2 luma weights, the ones torchvision's rgb_to_grayscale uses.
 LUMA = (0.2989, 0.587, 0.114)
@@ -141,26 +141,18 @@ def _blend_coefficients(factor: Tensor, contrast: Tensor, saturation: Tensor, ch
     return matrix, rest * contrast[:, None] * luma
 
 
-class RandomGrayscale(DeviceOp):
+class RandomGrayscale(PerSampleChoice):
     """torchvision's RandomGrayscale per sample: with probability p an RGB image becomes its luma in all three
     channels."""
 
     name = "RandomGrayscale"
+    key = "gray"
 
     def __init__(self, spec: v2.RandomGrayscale) -> None:
-        self.p = float(spec.p)
+        super().__init__(spec.p)
 
-    def sample_params(self, shape, device, generator=None):
-        return {"gray": rand(shape[0], device, generator) < self.p}
-
-    def width(self, shape):
-        return 1
-
-    def prepare(self, params, shape):
-        return columns(params["gray"])
+    def changed(self, batch):
+        return grayscale(batch).expand_as(batch)
 
     def apply_prepared(self, batch, prepared, generator=None):
-        if batch.shape[1] == 1:
-            return batch
-        # lerp with a weight of exactly 0 or 1 returns that end exactly
-        return torch.lerp(batch, grayscale(batch).expand_as(batch), per_sample(prepared[:, 0]).to(batch.dtype))
+        return batch if batch.shape[1] == 1 else super().apply_prepared(batch, prepared, generator)

@@ -106,26 +106,45 @@ def columns(*values: Tensor) -> Tensor:
     return torch.stack([value.float() for value in values], dim=1)
 
 
-class RandomFlip(DeviceOp):
-    """Mirror each sample with probability p: left-right (dim -1) or top-bottom (dim -2)."""
+class PerSampleChoice(DeviceOp):
+    """Base of the ops that change each sample with probability p: `key` names the (B,) draw, `changed` makes the
+    changed batch."""
 
-    def __init__(self, spec: v2.RandomHorizontalFlip | v2.RandomVerticalFlip, dim: int) -> None:
-        self.name = type(spec).__name__
-        self.p = float(spec.p)
-        self.dim = dim
+    key = ""
+
+    def __init__(self, p: float) -> None:
+        self.p = float(p)
 
     def sample_params(self, shape, device, generator=None):
-        return {"flip": rand(shape[0], device, generator) < self.p}
+        return {self.key: rand(shape[0], device, generator) < self.p}
 
     def width(self, shape):
         return 1
 
     def prepare(self, params, shape):
-        return columns(params["flip"])
+        return columns(params[self.key])
+
+    def changed(self, batch: Tensor) -> Tensor:
+        """Every sample of `batch` changed."""
+        raise NotImplementedError
 
     def apply_prepared(self, batch, prepared, generator=None):
         # lerp with a weight of exactly 0 or 1 returns that end exactly
-        return torch.lerp(batch, batch.flip(self.dim), per_sample(prepared[:, 0]).to(batch.dtype))
+        return torch.lerp(batch, self.changed(batch), per_sample(prepared[:, 0]).to(batch.dtype))
+
+
+class RandomFlip(PerSampleChoice):
+    """Mirror each sample with probability p: left-right (dim -1) or top-bottom (dim -2)."""
+
+    key = "flip"
+
+    def __init__(self, spec: v2.RandomHorizontalFlip | v2.RandomVerticalFlip, dim: int) -> None:
+        super().__init__(spec.p)
+        self.name = type(spec).__name__
+        self.dim = dim
+
+    def changed(self, batch):
+        return batch.flip(self.dim)
 
 
 class RandomErasing(DeviceOp):
