@@ -95,7 +95,7 @@ class ColorJitter(DeviceOp):
             factor = torch.where(order == SATURATION, 1.0, factor)
             saturation = torch.zeros_like(saturation)
         if not self._hue_step(shape):
-            positions = [(k, torch.ones_like(factor[:, k], dtype=torch.bool)) for k in range(4)]
+            positions = [(k, torch.ones_like(order[:, k], dtype=torch.bool)) for k in range(4)]
         else:
             hue_at = (order == HUE).int().argmax(dim=1)
             positions = [(k, k < hue_at) for k in range(3)] + [(k, k > hue_at) for k in range(1, 4)]

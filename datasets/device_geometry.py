@@ -176,7 +176,6 @@ class RandomRotation(DeviceOp):
         return warp(batch, prepared, self.mode, self.fill)
 
 
-
 class FlipThenWarp(DeviceOp):
     """A RandomHorizontalFlip or RandomVerticalFlip directly followed by a RandomAffine or RandomRotation, as one
     resampling: mirroring is affine too, so each flipped sample's warp matrix takes the flip in. Each op draws its
