@@ -17,6 +17,7 @@ import argparse
 import logging
 import statistics
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -44,14 +45,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+class EpochPrinter(threading.Thread):
+    """Prints each epoch's time as soon as the run's metrics.csv has it, so that a run cut short by a time limit
+    still shows the epochs it finished."""
+
+    def __init__(self, output_path: Path) -> None:
+        super().__init__(daemon=True)
+        self.output_path = output_path
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        printed = 0  # lines of metrics.csv, its header included
+        while True:
+            finished = self.done.wait(1.0)  # one more look after the run has ended
+            for path in self.output_path.glob("*/metrics.csv"):
+                lines = path.read_text().splitlines()
+                for line in lines[printed:]:
+                    print(f"  metrics.csv: {line}", flush=True)
+                printed = max(printed, len(lines))
+            if finished:
+                return
+
+
 def timed_run(config: dict, epochs: int) -> tuple[float, list[float]]:
     """Seconds of one `train()` of `epochs` epochs, and each epoch's `epoch_time_s` from its metrics.csv."""
     import pandas as pd
 
     from train import train
 
+    printer = EpochPrinter(Path(config["output_path"]))
+    printer.start()
     start = time.perf_counter()
-    run_dir = train({**config, "num_epochs": epochs, "run_name": None})
+    try:
+        run_dir = train({**config, "num_epochs": epochs, "run_name": None})
+    finally:
+        printer.done.set()
+        printer.join()
     elapsed = time.perf_counter() - start
     epoch_times = pd.read_csv(run_dir / "metrics.csv")["epoch_time_s"].tolist()
     if len(epoch_times) != epochs:

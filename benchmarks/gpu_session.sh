@@ -11,7 +11,7 @@
 # (2026-11-26) tests, syncs, pipeline, throughput (both precisions) and epochs took about 7 minutes together; compile
 # did not finish in the 2 minutes left of that call, so give the compile steps a call of their own, e.g.
 # `tests overhead throughput` in one call and `compile compile-epochs` in the next. throughput and compile print
-# each setting as it is measured.
+# each setting as it is measured, the epoch steps each epoch (in $OUT/<step>.log).
 set -u
 OUT=${OUT:-gpu-logs}
 mkdir -p "$OUT"

@@ -123,6 +123,8 @@ def test_epoch_time_projects_c50_from_the_epochs_of_one_real_run() -> None:
     projected = (whole + (C50_EPOCHS - 3) * steady) / 60
     assert float(cells[f"projected C-50: {C50_EPOCHS} epochs (min)"]) == pytest.approx(projected, abs=0.06)
     assert "no verdict" in output  # tiny splits: no claim about the 10-minute target
+    # each epoch is also printed as soon as metrics.csv has it, for runs cut short by a time limit
+    assert output.count("  metrics.csv: ") == 4 and output.index("  metrics.csv: 2,") < output.index("| measure")
 
 
 def test_op_count_reports_the_network_and_each_device_augmentation() -> None:
