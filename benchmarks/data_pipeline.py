@@ -33,7 +33,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from benchmarks.common import generate_prepared, load_average, machine_description, markdown_table, synchronize
+from benchmarks.common import (
+    NUM_CLASSES,
+    generate_prepared,
+    load_average,
+    machine_description,
+    markdown_table,
+    synchronize,
+)
 from datasets.stanford_data_module import StanfordCarsDataModule
 from utils.cli import run_main
 from utils.configuration import validate
@@ -77,19 +84,15 @@ def benchmark_config(data_path: Path, cache_dir: Path, cache_images: bool, gpu_a
 
 def device_consumer(config: dict[str, Any], device: torch.device) -> Callable[[list[torch.Tensor]], torch.Tensor]:
     """A train-loader batch (uint8 images, targets, parameters the workers drew) -> on the device: float,
-    per-sample augmentations, Normalize (as NetModule.preprocess does)."""
-    from datasets.device_augment import DeviceAugmenter, device_augmentation_settings
+    per-sample augmentations, Normalize, by `NetModule.preprocess` itself."""
+    from models.net_module import NetModule
 
-    augmentations = device_augmentation_settings(config)
-    augmenter = DeviceAugmenter(augmentations["image"], augmentations["tensor"])
-    norm = config["normalization_params_rgb"]
-    mean = torch.tensor(norm["mean"], device=device).view(1, -1, 1, 1)
-    std = torch.tensor(norm["std"], device=device).view(1, -1, 1, 1)
+    module = NetModule.from_config(config, NUM_CLASSES, [str(index) for index in range(NUM_CLASSES)]).to(device)
 
     def consume(batch: list[torch.Tensor]) -> torch.Tensor:
         images, _, drawn = batch
-        images = images.to(device, non_blocking=True).float().div_(255)
-        return (augmenter.apply_drawn(images, drawn.to(device, non_blocking=True)) - mean) / std
+        return module.preprocess(images.to(device, non_blocking=True), train=True,
+                                 drawn=drawn.to(device, non_blocking=True))
 
     return consume
 

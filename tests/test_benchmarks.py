@@ -160,3 +160,16 @@ def test_loop_overhead_reports_each_loop_against_the_plain_one() -> None:
     assert plain > 0 and rows["plain PyTorch loop"][1] == 0
     for per_step, added in rows.values():
         assert added == pytest.approx(per_step - plain, abs=0.002)
+
+
+def test_the_device_row_runs_the_modules_own_preprocessing() -> None:
+    from datasets.device_augment import DeviceAugmenter, device_augmentation_settings
+    from models.net_module import NetModule
+
+    config = validate({"gpu_augmentations": True, "image_size": [32, 32]})
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    settings = device_augmentation_settings(config)
+    drawn = DeviceAugmenter(settings["image"], settings["tensor"]).draw(tuple(images.shape))
+    out = data_pipeline.device_consumer(config, torch.device("cpu"))([images, torch.zeros(4), drawn])
+    module = NetModule.from_config(config, 3, ["a", "b", "c"])
+    torch.testing.assert_close(out, module.preprocess(images, train=True, drawn=drawn))
