@@ -51,17 +51,17 @@ def autocast(device: torch.device, precision: str) -> Any:
 
 def model_only(config: dict[str, Any], device: torch.device, precision: str, channels_last: bool, compile: bool,
                batches: int, warmup: int) -> float:
-    """Training images/s of forward + backward + AdamW step on synthetic tensors that live on the device."""
+    """Training images/s of forward + backward + optimizer step on synthetic tensors that live on the device, with
+    the loss and optimizer that training builds from `config`."""
     from models.arch_dict import build_architecture
-    from models.label_smoothing_ce import LabelSmoothingCrossEntropy
-    from models.training_parts import build_optimizer
+    from models.training_parts import build_loss, build_optimizer
 
     net = build_architecture(config["architecture"], num_classes=NUM_CLASSES, img_channels=3,
                              dropout=config["dropout"], output_channels=config["output_channels"]).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(memory_format=memory_format)
     step_net = torch.compile(net, mode=config["compile_mode"]) if compile else net
-    loss_fn = LabelSmoothingCrossEntropy()
+    loss_fn = build_loss(config["loss_function"], config["loss_params"])
     optimizer = build_optimizer(config["optimizer"], config["optimizer_params"], net.parameters())
     size = config["image_size"]
     images = torch.randn(config["batch_size"], 3, *size, device=device).contiguous(memory_format=memory_format)
