@@ -8,10 +8,12 @@ They are written in the prepared-data contract of `datasets/stanford_data.py`.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import platform
 import shutil
 import subprocess
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -137,3 +139,11 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued device work, so that a clock read after it covers that work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def quiet_lightning() -> None:
+    """Keep the report readable: Lightning's per-fit banners and tips say nothing about speed."""
+    for name in ("lightning.pytorch", "pytorch_lightning", "lightning.fabric", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="pytorch_lightning")
+    warnings.filterwarnings("ignore", module="lightning_fabric")

@@ -22,8 +22,8 @@ import time
 import warnings
 from pathlib import Path
 
-from benchmarks.common import generate_prepared, load_average, machine_description, markdown_table
-from benchmarks.training_throughput import C50_EPOCHS, TARGET_MINUTES, TRAIN_IMAGES, VALID_IMAGES, quiet_lightning
+from benchmarks.common import generate_prepared, load_average, machine_description, markdown_table, quiet_lightning
+from benchmarks.training_throughput import C50_EPOCHS, TARGET_MINUTES, TRAIN_IMAGES, VALID_IMAGES
 from utils.cli import run_main
 from utils.configuration import apply_overrides, defaults, validate
 from utils.errors import UserError

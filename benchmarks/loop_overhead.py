@@ -13,16 +13,14 @@ median of the rounds, which alternate between the loops; the first 50 steps of e
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
 import time
-import warnings
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
-from benchmarks.common import load_average, machine_description, markdown_table
+from benchmarks.common import load_average, machine_description, markdown_table, quiet_lightning
 from utils.cli import run_main
 
 WARMUP = 50
@@ -63,8 +61,8 @@ def plain_loop(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     module = TinyModule()
     optimizer = module.configure_optimizers()
     marks = []
-    for inputs, targets in batches:
-        loss = torch.nn.functional.cross_entropy(module.layer(inputs), targets)
+    for index, batch in enumerate(batches):
+        loss = module.training_step(batch, index)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -88,9 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps <= WARMUP + 1:
         parser.error(f"--steps must be more than {WARMUP + 1}")
-    for name in ("lightning.pytorch", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="pytorch_lightning")
+    quiet_lightning()
     torch.set_num_threads(1)
     machine = machine_description()
     batches = make_batches(args.steps)

@@ -20,8 +20,6 @@ pipeline's share of model-only speed.
 from __future__ import annotations
 
 import argparse
-import logging
-import warnings
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +28,7 @@ import pytorch_lightning as pl
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import NUM_CLASSES, markdown_table
+from benchmarks.common import NUM_CLASSES, markdown_table, quiet_lightning
 from utils.cli import run_main
 from utils.configuration import validate
 
@@ -80,9 +78,7 @@ class IterationProfiler(pl.Callback):
 def lightning_iteration(module: pl.LightningModule, batches: list[tuple[torch.Tensor, ...]]) -> Counter[str]:
     """Operators of one training iteration of Lightning's Trainer over `batches` (on the CPU, no logger, no
     progress bar, as `benchmarks.training_throughput` runs it)."""
-    for name in ("lightning.pytorch", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="pytorch_lightning")  # no validation loader here; library notices
+    quiet_lightning()  # also its notice that there is no validation loader here
     counter = IterationProfiler(at=len(batches) - 2)
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_val_batches=0, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -21,8 +21,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from benchmarks.common import NUM_CLASSES, generate_prepared
-from benchmarks.training_throughput import quiet_lightning
+from benchmarks.common import NUM_CLASSES, generate_prepared, quiet_lightning
 from utils.cli import run_main
 from utils.configuration import apply_overrides, defaults, validate
 from utils.errors import UserError

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import logging
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ from benchmarks.common import (
     load_average,
     machine_description,
     markdown_table,
+    quiet_lightning,
     synchronize,
 )
 from datasets.stanford_data_module import StanfordCarsDataModule
@@ -164,14 +163,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="where to generate the data (default: a temporary folder, removed afterwards)")
     return parser.parse_args(argv)
-
-
-def quiet_lightning() -> None:
-    """Keep the report readable: Lightning's per-fit banners and tips say nothing about speed."""
-    for name in ("lightning.pytorch", "pytorch_lightning", "lightning.fabric", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="pytorch_lightning")
-    warnings.filterwarnings("ignore", module="lightning_fabric")
 
 
 def main(argv: list[str] | None = None) -> int:
