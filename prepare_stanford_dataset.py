@@ -7,6 +7,7 @@ See documentation/dataset.md.
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from utils.errors import ConfigError
 from utils.logging_setup import setup_logging
 
 log = logging.getLogger("cars")
+SIZES = {name: parameter.default for name, parameter in inspect.signature(make_synthetic).parameters.items()
+         if name in ("min_size", "max_size")}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -28,7 +31,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="folder of the raw downloads (default: stanford_raw_data_path of the config)")
     parser.add_argument("--data-path", default=None,
                         help="folder to prepare (default: stanford_data_path of the config)")
-    parser.add_argument("--force", action="store_true", help="prepare again even when the data folder is complete")
+    parser.add_argument("--force", action="store_true",
+                        help="prepare again even when the data folder is complete, replacing a preparation of other "
+                             "data (with --make-synthetic: overwrite raw files in DIR)")
     parser.add_argument("--full-check", action="store_true",
                         help="decode every image instead of checking its header and JPEG segments (slower; also "
                              "finds damage inside intact segments, which the image cache otherwise reports when "
@@ -41,6 +46,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     synthetic.add_argument("--train-per-class", type=int, default=6, help="train images per class (default: 6)")
     synthetic.add_argument("--test-per-class", type=int, default=4, help="test images per class (default: 4)")
     synthetic.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    synthetic.add_argument("--min-size", type=int, default=SIZES["min_size"],
+                           help=f"smallest image side in px (default: {SIZES['min_size']})")
+    synthetic.add_argument("--max-size", type=int, default=SIZES["max_size"],
+                           help=f"largest image side in px (default: {SIZES['max_size']}; above 255, boxes reach "
+                                "numbers stored as uint16, as in the real files)")
     return parser.parse_args(argv)
 
 
@@ -49,8 +59,20 @@ def _make_synthetic(args: argparse.Namespace) -> None:
         raise ConfigError(f"--classes is {args.classes}; expected 1..196")
     if args.train_per_class < 1 or args.test_per_class < 1:
         raise ConfigError("--train-per-class and --test-per-class must be at least 1")
-    out = make_synthetic(Path(args.make_synthetic), layout=args.layout, classes=args.classes,
-                         train_per_class=args.train_per_class, test_per_class=args.test_per_class, seed=args.seed)
+    if not 0 <= args.seed < 2**32:
+        raise ConfigError(f"--seed is {args.seed}; expected 0..{2**32 - 1}")
+    if not 16 <= args.min_size <= args.max_size:
+        raise ConfigError(f"--min-size {args.min_size} and --max-size {args.max_size}: expected 16 <= min <= max")
+    if not args.make_synthetic.strip():
+        raise ConfigError("--make-synthetic needs a folder")
+    unused = [flag for flag, value in (("--raw-data-path", args.raw_data_path), ("--data-path", args.data_path),
+                                       ("--full-check", args.full_check)) if value not in (None, False)]
+    if unused:
+        raise ConfigError(f"--make-synthetic only writes raw data; {', '.join(unused)} belong to a preparation run "
+                          "(run it afterwards with --raw-data-path DIR)")
+    out = make_synthetic(Path(args.make_synthetic).expanduser(), layout=args.layout, classes=args.classes,
+                         train_per_class=args.train_per_class, test_per_class=args.test_per_class, seed=args.seed,
+                         min_size=args.min_size, max_size=args.max_size, overwrite=args.force)
     log.info("wrote a synthetic %s-release download of %d classes to %s", args.layout, args.classes, out)
 
 
@@ -59,7 +81,7 @@ def _path(flag_value: str | None, config: dict, key: str, flag: str, meaning: st
     if is_placeholder(value) or not str(value).strip():
         raise ConfigError(f"{key} is not set (it is {value!r}): set it in config.yml to {meaning}, "
                           f"or pass {flag} DIR")
-    return Path(value)
+    return Path(value).expanduser()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -181,7 +181,7 @@ def _without_resume(args: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging("INFO")
+    setup_logging("INFO", lightning=True)
     overrides = list(args.overrides)
     if args.demo:
         from utils.demo import prepare_demo
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(dump_yaml(config), end="")
         return 0
-    setup_logging(config["loglevel"], config["logging_dir"])
+    setup_logging(config["loglevel"], config["logging_dir"], lightning=True)
     run_dir = train(config, resume=args.resume)
     if args.demo:
         log.info("demo data: demo/raw (generated raw downloads) -> demo/stanford (prepared); "

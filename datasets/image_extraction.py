@@ -68,8 +68,11 @@ def decode_error(data: bytes, full: bool = False) -> str | None:
 
 def write_image(data: bytes, destination: Path) -> None:
     """Write the image bytes as they are (no re-encoding)."""
-    with open(destination, "wb") as handle:
-        handle.write(data)
+    try:
+        with open(destination, "wb") as handle:
+            handle.write(data)
+    except OSError as error:
+        raise DataError(f"cannot write {destination}: {error.strerror or error}") from None
 
 
 class _CheckedWriter:

@@ -60,7 +60,13 @@ def _ints(rows: np.ndarray, field: str, source: str) -> np.ndarray:
         cell = np.asarray(row[field]).ravel()
         if cell.size != 1:
             raise DataError(f"{source}: annotation {i + 1} has {cell.size} values in {field!r}, expected 1")
-        values[i] = np.int64(cell[0])
+        value = cell[0]
+        # bool: MATLAB logicals (the `test` field); a float must be a finite whole number, never truncated
+        whole = isinstance(value, (np.integer, np.bool_)) or (
+            isinstance(value, np.floating) and np.isfinite(value) and float(value).is_integer())
+        if not whole:
+            raise DataError(f"{source}: annotation {i + 1} has {field} = {value!r}; expected a whole number")
+        values[i] = np.int64(value)
     return values
 
 

@@ -94,6 +94,13 @@ def expected_tables(layout: RawLayout) -> dict[str, pd.DataFrame]:
             found = [f"{row.image_fname} (class {row['class']})" for _, row in outside.iterrows()]
             raise DataError(f"{source}: class ids must be 1..{len(names)} (the class names of "
                             f"{layout.meta or source}); outside it: {_listing(found)}")
+        bad_box = frame[(frame["bbox_x1"] < 1) | (frame["bbox_y1"] < 1) | (frame["bbox_x2"] < frame["bbox_x1"])
+                        | (frame["bbox_y2"] < frame["bbox_y1"])]
+        if len(bad_box):
+            found = [f"{row.image_fname} ({row.bbox_x1}, {row.bbox_y1}, {row.bbox_x2}, {row.bbox_y2})"
+                     for row in bad_box.itertuples()]
+            raise DataError(f"{source}: bounding boxes must be 1-based with x1 <= x2 and y1 <= y2; not so: "
+                            f"{_listing(found)}")
         table = frame.copy()
         table["class_name"] = [names[c - 1] for c in table["class"]]
         tables[split] = table[CSV_COLUMNS].sort_values("image_fname").reset_index(drop=True)
@@ -114,7 +121,7 @@ def _csv_text(table: pd.DataFrame) -> str:
 
 
 def is_complete(data_dir: Path, tables: dict[str, pd.DataFrame]) -> bool:
-    """True when both CSVs hold exactly `tables` and every image they list is present."""
+    """True when both CSVs hold exactly `tables` and each split folder holds exactly the images they list."""
     for split, table in tables.items():
         csv = labels_csv(data_dir, split)
         if not csv.is_file() or csv.read_text(encoding="utf-8") != _csv_text(table):
@@ -122,7 +129,48 @@ def is_complete(data_dir: Path, tables: dict[str, pd.DataFrame]) -> bool:
         folder = Path(data_dir) / split
         if not all((folder / name).is_file() for name in table["image_fname"]):
             return False
-    return True
+    return not _extra_files(data_dir, tables)
+
+
+def _extra_files(data_dir: Path, tables: dict[str, pd.DataFrame]) -> list[Path]:
+    """What the split folders hold besides the images `tables` list (training refuses such folders)."""
+    extra = []
+    for split, table in tables.items():
+        folder = Path(data_dir) / split
+        if folder.is_dir():
+            listed = set(table["image_fname"])
+            extra += sorted(p for p in folder.iterdir() if p.name not in listed)
+    return extra
+
+
+def _check_replaceable(data_dir: Path, tables: dict[str, pd.DataFrame], force: bool) -> None:
+    """Refuse to overwrite a folder that holds other data, unless `force` (which removes the other images).
+
+    A folder with label CSVs of other data is a complete preparation of another download: preparing over it would
+    destroy it even when this run fails. Files the new tables do not list would make training refuse the folder.
+    """
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataError(f"data path {str(data_dir)!r} is a file; set stanford_data_path (or pass --data-path) to a "
+                        "folder")
+    other = [labels_csv(data_dir, split).name for split, table in tables.items()
+             if labels_csv(data_dir, split).is_file()
+             and labels_csv(data_dir, split).read_text(encoding="utf-8") != _csv_text(table)]
+    extra = _extra_files(data_dir, tables)
+    if force:
+        for path in extra:
+            if path.is_dir() and not path.is_symlink():
+                raise DataError(f"{path} is a folder; the split folders of {data_dir} may only hold images: "
+                                "remove it")
+            path.unlink()
+        return
+    if other:
+        raise DataError(f"{data_dir} holds a prepared dataset of other raw data (its {' and '.join(other)} "
+                        f"differ from what this download calls for); pass --force to replace it, or choose "
+                        "another data path")
+    if extra:
+        raise DataError(f"the split folders of {data_dir} hold {len(extra)} file(s) this download does not list: "
+                        f"{_listing([str(p) for p in extra])}; pass --force to remove them, or choose another "
+                        "data path")
 
 
 def _wanted(layout: RawLayout, tables: dict[str, pd.DataFrame], data_dir: Path) -> dict[str, dict[str, Path]]:
@@ -165,7 +213,8 @@ def _log_summary(summary: PrepareSummary, data_dir: Path) -> None:
     counts = (f"{summary.train_images} train and {summary.test_images} test images of {summary.classes} classes "
               f"({summary.layout} release)")
     if summary.skipped_because_complete:
-        log.info("%s is already complete: %s; nothing to do (use --force to prepare it again)", data_dir, counts)
+        log.info("%s is already complete: %s; nothing to do (checked in %.1f s; use --force to prepare it again)",
+                 data_dir, counts, summary.seconds)
     else:
         log.info("prepared %s in %s in %.1f s", counts, data_dir, summary.seconds)
     if summary.is_full_dataset:
@@ -190,6 +239,7 @@ def prepare_dataset(raw_dir: Path, data_dir: Path, force: bool = False, full_che
         _log_summary(summary, data_dir)
         return summary
 
+    _check_replaceable(data_dir, tables, force)
     for split in SPLITS:
         # the CSVs mark a complete folder: they go first and come back last
         labels_csv(data_dir, split).unlink(missing_ok=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.errors import DataError
@@ -34,25 +34,18 @@ class ImageSource:
 
 @dataclass(frozen=True)
 class FileSource:
-    """A small file on disk, or a member of the devkit archive when `member` is set."""
+    """A small file on disk, or a member of the devkit archive when `member` is set (its bytes, read with the
+    archive's other devkit files in one pass, are `data`)."""
 
     path: Path
     member: str | None = None
+    data: bytes | None = field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:
         return f"{self.path}:{self.member}" if self.member else str(self.path)
 
     def read_bytes(self) -> bytes:
-        if self.member is None:
-            return self.path.read_bytes()
-        try:
-            with tarfile.open(self.path, "r:gz") as archive:
-                handle = archive.extractfile(self.member)
-                if handle is None:
-                    raise DataError(f"{self} is not a regular file in the archive")
-                return handle.read()
-        except (tarfile.TarError, EOFError, OSError) as error:
-            raise DataError(f"{self.path} is damaged or truncated ({error}); download it again") from None
+        return self.path.read_bytes() if self.data is None else self.data
 
 
 @dataclass(frozen=True)
@@ -91,14 +84,24 @@ def _devkit_folders(raw_dir: Path) -> list[Path]:
     return [c for c in candidates if c.is_dir()]
 
 
-def _devkit_archive_members(archive: Path) -> dict[str, str]:
-    """Base name -> member name of the devkit files inside `car_devkit.tgz`."""
+def _devkit_archive_files(archive: Path) -> dict[str, FileSource]:
+    """Base name -> the devkit files inside `car_devkit.tgz`, read in one pass over the archive."""
+    found: dict[str, FileSource] = {}
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            names = tar.getnames()
+            for member in tar:
+                name = Path(member.name).name
+                if name not in DEVKIT_FILES or name in found:
+                    continue
+                if not member.isfile():
+                    raise DataError(f"{archive}:{member.name} is not a regular file (a link or a folder); "
+                                    "it is not a Stanford Cars devkit, download it again")
+                handle = tar.extractfile(member)
+                assert handle is not None  # a regular file always has contents
+                found[name] = FileSource(archive, member.name, handle.read())
     except (tarfile.TarError, EOFError, OSError) as error:
         raise DataError(f"{archive} is damaged or truncated ({error}); download it again") from None
-    return {Path(n).name: n for n in names if Path(n).name in DEVKIT_FILES}
+    return found
 
 
 def _devkit_files(raw_dir: Path) -> dict[str, FileSource]:
@@ -110,8 +113,8 @@ def _devkit_files(raw_dir: Path) -> dict[str, FileSource]:
                 found[name] = FileSource(folder / name)
     archive = raw_dir / "car_devkit.tgz"
     if archive.is_file() and any(name not in found for name in DEVKIT_FILES):
-        for name, member in _devkit_archive_members(archive).items():
-            found.setdefault(name, FileSource(archive, member))
+        for name, source in _devkit_archive_files(archive).items():
+            found.setdefault(name, source)
     if WITHLABELS not in found:
         # next to devkit/; Kaggle mirrors add a ' (1)' when the file was downloaded twice
         for candidate in [raw_dir / WITHLABELS, *sorted(raw_dir.glob("cars_test_annos_withlabels*.mat"))]:
@@ -124,6 +127,9 @@ def _devkit_files(raw_dir: Path) -> dict[str, FileSource]:
 def detect_layout(raw_dir: Path) -> RawLayout:
     """The complete release in `raw_dir`; the updated one when both are complete. DataError lists what is missing."""
     raw_dir = Path(raw_dir)
+    if raw_dir.is_file():
+        raise DataError(f"raw data path {str(raw_dir)!r} is a file; set stanford_raw_data_path (or pass "
+                        "--raw-data-path) to the folder that holds it and the other Stanford Cars downloads")
     if not raw_dir.is_dir():
         raise DataError(f"raw data folder {str(raw_dir)!r} does not exist; set stanford_raw_data_path (or pass "
                         "--raw-data-path) to the folder holding the Stanford Cars downloads")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import colorsys
 import io
+import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,11 @@ import scipy.io
 from PIL import Image
 
 from datasets.class_names import STANFORD_CARS_CLASS_NAMES
+from utils.errors import DataError
 
 LAYOUTS = ("updated", "original")
+RAW_FILES = {"updated": ("car_devkit.tgz", "car_ims.tgz", "cars_annos.mat"),
+             "original": ("car_devkit.tgz", "cars_train.tgz", "cars_test.tgz", "cars_test_annos_withlabels.mat")}
 MTIME = 1387000000  # December 2013, when the original devkit was published
 FREQUENCIES = (1.5, 4.0, 9.0)  # pattern periods across the bbox, far enough apart to survive bbox size jitter
 
@@ -141,8 +145,10 @@ def _mat_bytes(variables: dict[str, np.ndarray]) -> bytes:
 
 
 def _write_tgz(path: Path, folder: str, files: list[tuple[str, bytes]], compresslevel: int = 6) -> None:
-    """A gzipped tar holding `folder/` and then `folder/<name>` for each file, as the real archives do."""
-    with tarfile.open(path, "w:gz", compresslevel=compresslevel) as archive:
+    """A gzipped tar holding `folder/` and then `folder/<name>` for each file, as the real archives do; written
+    under a temporary name and renamed, so an interrupted run never leaves a truncated archive."""
+    temporary = path.with_name(path.name + ".tmp")
+    with tarfile.open(temporary, "w:gz", compresslevel=compresslevel) as archive:
         directory = tarfile.TarInfo(folder)
         directory.type, directory.mode, directory.mtime = tarfile.DIRTYPE, 0o755, MTIME
         archive.addfile(directory)
@@ -150,6 +156,13 @@ def _write_tgz(path: Path, folder: str, files: list[tuple[str, bytes]], compress
             info = tarfile.TarInfo(f"{folder}/{name}")
             info.size, info.mode, info.mtime = len(data), 0o644, MTIME
             archive.addfile(info, io.BytesIO(data))
+    os.replace(temporary, path)
+
+
+def _write_mat(path: Path, variables: dict[str, np.ndarray]) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(_mat_bytes(variables))
+    os.replace(temporary, path)
 
 
 def _original_order(images: list[SyntheticImage], test: bool, rng: np.random.Generator) -> list[SyntheticImage]:
@@ -173,11 +186,15 @@ def _write_devkit(out_dir: Path, train: list[SyntheticImage], test: list[Synthet
 
 
 def make_synthetic(out_dir: Path, layout: str = "updated", classes: int = 10, train_per_class: int = 6,
-                   test_per_class: int = 4, seed: int = 0, min_size: int = 64, max_size: int = 160,
-                   distinct_per_class: int | None = None) -> Path:
+                   test_per_class: int = 4, seed: int = 0, min_size: int = 64, max_size: int = 320,
+                   distinct_per_class: int | None = None, overwrite: bool = False) -> Path:
     """Write a synthetic raw download of `layout` ('updated' or 'original') into `out_dir`; return `out_dir`.
 
     Classes 1..`classes` of the real class list are used; `test_per_class` images of each class are test images.
+    Image sides are drawn from `min_size`..`max_size`: above 255 px, boxes reach numbers that MATLAB stores as
+    uint16, as in the real files. Raw files already in `out_dir` are refused unless `overwrite`. Each file is
+    written atomically and the annotations (cars_annos.mat, or cars_test_annos_withlabels.mat) come last: a
+    folder holding them holds the whole download.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
@@ -185,7 +202,15 @@ def make_synthetic(out_dir: Path, layout: str = "updated", classes: int = 10, tr
         raise ValueError(f"classes must be 1..{len(STANFORD_CARS_CLASS_NAMES)}, not {classes}")
     if min(train_per_class, test_per_class) < 1 or not 16 <= min_size <= max_size:
         raise ValueError("train_per_class and test_per_class must be >= 1 and 16 <= min_size <= max_size")
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in 0..{2**32 - 1}, not {seed}")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir} is a file; --make-synthetic needs a folder to write into")
+    present = [name for name in RAW_FILES[layout] if (out_dir / name).exists()]
+    if present and not overwrite:
+        raise DataError(f"{out_dir} already holds {', '.join(present)}; choose an empty folder, or pass --force "
+                        "to overwrite them")
     out_dir.mkdir(parents=True, exist_ok=True)
     images = generate_images(classes, train_per_class, test_per_class, seed, min_size, max_size,
                              distinct_per_class)
@@ -196,12 +221,11 @@ def make_synthetic(out_dir: Path, layout: str = "updated", classes: int = 10, tr
     if layout == "original":
         fields = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname"]
         rows = [{**_annotation_row(im), "fname": f"{i:05d}.jpg"} for i, im in enumerate(test, 1)]
-        (out_dir / "cars_test_annos_withlabels.mat").write_bytes(_mat_bytes({"annotations": _struct_array(rows,
-                                                                                                            fields)}))
         _write_tgz(out_dir / "cars_train.tgz", "cars_train", [(f"{i:05d}.jpg", im.jpeg) for i, im in
                                                                enumerate(train, 1)])
         _write_tgz(out_dir / "cars_test.tgz", "cars_test", [(f"{i:05d}.jpg", im.jpeg) for i, im in
                                                              enumerate(test, 1)])
+        _write_mat(out_dir / "cars_test_annos_withlabels.mat", {"annotations": _struct_array(rows, fields)})
         return out_dir
     # the updated release lists images by class, train and test mixed
     mixed = [images[i] for i in order_rng.permutation(len(images))]
@@ -210,6 +234,6 @@ def make_synthetic(out_dir: Path, layout: str = "updated", classes: int = 10, tr
     rows = [{**_annotation_row(im), "relative_im_path": f"car_ims/{i:06d}.jpg", "test": np.array([[im.test]])}
             for i, im in enumerate(ordered, 1)]
     annos = {"annotations": _struct_array(rows, fields), "class_names": _class_names_cell()}
-    (out_dir / "cars_annos.mat").write_bytes(_mat_bytes(annos))
     _write_tgz(out_dir / "car_ims.tgz", "car_ims", [(f"{i:06d}.jpg", im.jpeg) for i, im in enumerate(ordered, 1)])
+    _write_mat(out_dir / "cars_annos.mat", annos)
     return out_dir

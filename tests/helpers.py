@@ -19,7 +19,7 @@ def generated_prepared_data(base: Path, classes: int = 3, train_per_class: int =
     from datasets.synthetic import make_synthetic
 
     raw = make_synthetic(base / "raw", layout="updated", classes=classes, train_per_class=train_per_class,
-                         test_per_class=test_per_class, seed=1)
+                         test_per_class=test_per_class, seed=1, max_size=160)
     prepare_dataset(raw, base / "stanford")
     return base / "stanford"
 

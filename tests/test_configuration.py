@@ -102,3 +102,33 @@ def test_secrets_are_masked_when_dumped() -> None:
     config = validate({"neptune_api_token": "abc123secret"})
     text = dump_yaml(config)
     assert "abc123secret" not in text and "neptune_api_token: '***'" in text
+
+
+def test_a_leading_tilde_in_path_keys_is_the_home_folder(monkeypatch) -> None:
+    monkeypatch.setenv("HOME", "/home/someone")
+    config = validate({"stanford_data_path": "~/cars", "output_path": "~/runs", "cache_dir": None})
+    assert config["stanford_data_path"] == "/home/someone/cars" and config["output_path"] == "/home/someone/runs"
+    assert config["cache_dir"] is None
+    assert config["stanford_raw_data_path"].startswith("<")  # a placeholder stays one, to be reported as unset
+
+
+def test_a_file_system_error_is_one_line_naming_the_path(capsys) -> None:
+    from utils.cli import run_main
+
+    def full_disk(argv: list[str] | None) -> int:
+        raise OSError(28, "No space left on device", "/runs/C-50/last.ckpt")
+
+    with pytest.raises(SystemExit) as exited:
+        run_main(full_disk, [])
+    assert exited.value.code == 1
+    assert capsys.readouterr().err == "error: No space left on device: /runs/C-50/last.ckpt\n"
+
+
+def test_an_os_error_without_errno_is_a_bug_and_keeps_its_traceback() -> None:
+    from utils.cli import run_main
+
+    def bug(argv: list[str] | None) -> int:
+        raise OSError("something odd")
+
+    with pytest.raises(OSError, match="something odd"):
+        run_main(bug, [])

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pandas as pd
@@ -13,10 +15,12 @@ from PIL import Image
 
 import datasets.image_extraction as image_extraction
 import datasets.prepare as prepare_module
+import prepare_stanford_dataset as prepare_script
 from datasets.class_names import STANFORD_CARS_CLASS_NAMES
 from datasets.prepare import CSV_COLUMNS, labels_csv, prepare_dataset
 from tests import helpers
 from tests.prepare_helpers import ROOT, extract_archives, labels_by_pixels, make_raw
+from utils.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +202,87 @@ def test_the_summary_recognises_the_full_dataset_counts(caplog):
     with caplog.at_level(logging.INFO, logger="cars"):
         prepare_module._log_summary(full, Path("data"))
     assert "this is the full Stanford Cars dataset" in caplog.text
+
+
+def test_a_folder_prepared_from_other_data_is_refused_unless_forced(raw_downloads, tmp_path):
+    """Preparing over another download's complete folder would destroy it even if this run failed: refused before
+    anything is written; --force replaces it and removes the images the new download does not list."""
+    data = tmp_path / "data"
+    prepare_dataset(raw_downloads["updated"], data)
+    before = {p.name: p.read_bytes() for p in (data / "train").iterdir()}
+    with pytest.raises(DataError, match="holds a prepared dataset of other raw data.*--force"):
+        prepare_dataset(raw_downloads["original"], data)
+    assert {p.name: p.read_bytes() for p in (data / "train").iterdir()} == before
+    assert labels_csv(data, "train").is_file() and labels_csv(data, "test").is_file()
+    prepare_dataset(raw_downloads["original"], data, force=True)
+    check_contract(data, train=9, test=6)  # the updated release's 000001.jpg... are gone
+    assert sorted(p.name for p in (data / "train").iterdir()) == [f"{i:05d}.jpg" for i in range(1, 10)]
+
+
+def test_files_the_download_does_not_list_are_refused_unless_forced(raw_downloads, tmp_path):
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (data / "train" / "stray.jpg").write_bytes(b"left over")
+    with pytest.raises(DataError, match=r"1 file\(s\) this download does not list: .*stray.jpg"):
+        prepare_dataset(raw_downloads["updated"], data)
+    prepare_dataset(raw_downloads["updated"], data, force=True)
+    assert not (data / "train" / "stray.jpg").exists()
+    check_contract(data, train=9, test=6)
+    (data / "test" / "stray.jpg").write_bytes(b"added later")  # the folder is no longer what training accepts
+    with pytest.raises(DataError, match="stray.jpg"):
+        prepare_dataset(raw_downloads["updated"], data)
+
+
+def test_a_data_path_that_is_a_file_is_named(raw_downloads, tmp_path):
+    (tmp_path / "data").write_text("not a folder")
+    with pytest.raises(DataError, match="data path .*data' is a file"):
+        prepare_dataset(raw_downloads["updated"], tmp_path / "data")
+
+
+def test_a_folder_where_an_image_must_go_is_named_in_one_line(raw_downloads, tmp_path):
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (data / "train" / "000001.jpg").mkdir()
+    result = run_script("--raw-data-path", str(raw_downloads["updated"]), "--data-path", str(data), "--force")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == \
+        f"data error: cannot write {data / 'train' / '000001.jpg'}: Is a directory"
+
+
+def test_an_image_that_cannot_be_written_is_a_data_error_naming_it(tmp_path):
+    with pytest.raises(DataError, match=r"cannot write .*absent/000001.jpg: No such file or directory"):
+        image_extraction.write_image(b"jpeg", tmp_path / "absent" / "000001.jpg")
+
+
+def test_the_script_expands_a_home_folder_in_config_paths(raw_downloads, tmp_path):
+    home = tmp_path / "home"
+    shutil.copytree(raw_downloads["original"], home / "raw")
+    config = tmp_path / "config.yml"
+    config.write_text("stanford_raw_data_path: ~/raw\nstanford_data_path: ~/data\n")
+    result = helpers.run_script("prepare_stanford_dataset.py", ["--config", str(config)], tmp_path,
+                                env={"HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    check_contract(home / "data", train=9, test=6)
+
+
+def test_make_synthetic_refuses_to_overwrite_raw_files_unless_forced(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "car_ims.tgz").write_bytes(b"a real download")
+    small = ["--classes", "2", "--train-per-class", "1", "--test-per-class", "1"]
+    with pytest.raises(DataError, match="already holds car_ims.tgz; choose an empty folder, or pass --force"):
+        prepare_script.main(["--make-synthetic", str(raw), *small])
+    assert (raw / "car_ims.tgz").read_bytes() == b"a real download"
+    assert prepare_script.main(["--make-synthetic", str(raw), *small, "--force"]) == 0
+    assert tarfile.is_tarfile(raw / "car_ims.tgz")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--seed", "-1"], "--seed is -1"),
+    (["--raw-data-path", "x"], "--make-synthetic only writes raw data; --raw-data-path"),
+    (["--min-size", "300", "--max-size", "200"], "--min-size 300 and --max-size 200"),
+])
+def test_make_synthetic_option_mistakes_are_config_errors(tmp_path, args, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        prepare_script.main(["--make-synthetic", str(tmp_path / "raw"), *args])
+    assert not (tmp_path / "raw").exists()

@@ -182,3 +182,54 @@ def test_a_crafted_archive_is_refused_and_writes_nothing_elsewhere(updated, tmp_
     assert all(p.is_relative_to(tmp_path / "work" / "data") for p in created), created
     assert not Path("/tmp/escaped_absolute.jpg").exists()
     assert not list(tmp_path.rglob("escaped*"))
+
+
+@pytest.mark.parametrize("field, value, shown", [
+    ("class", np.array(["abc"]), "class = np.str_('abc')"),
+    ("class", np.array([[3.5]]), "class = np.float64(3.5)"),
+    ("bbox_x1", np.array([[np.nan]]), "bbox_x1 = np.float64(nan)"),
+])
+def test_a_number_that_is_not_whole_is_refused_not_truncated(updated, tmp_path, field, value, shown):
+    annos = scipy.io.loadmat(updated / "cars_annos.mat")
+    annos["annotations"][0, 2][field] = value
+    scipy.io.savemat(updated / "cars_annos.mat", {k: v for k, v in annos.items() if not k.startswith("__")},
+                     do_compression=True)
+    fails_with(updated, tmp_path / "data", f"annotation 3 has {shown}; expected a whole number")
+
+
+@pytest.mark.parametrize("box", [(0, 5, 20, 20), (30, 5, 20, 20), (5, 30, 20, 20)])
+def test_a_bounding_box_that_is_not_1_based_or_is_inverted_is_refused(original, tmp_path, box):
+    path = original / "cars_test_annos_withlabels.mat"
+    annos = scipy.io.loadmat(path)
+    for name, value in zip(("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"), box):
+        annos["annotations"][0, 0][name] = np.array([[value]], dtype=np.uint8)
+    scipy.io.savemat(path, {"annotations": annos["annotations"]}, do_compression=True)
+    fails_with(original, tmp_path / "data", "bounding boxes must be 1-based with x1 <= x2 and y1 <= y2",
+               f"00001.jpg ({', '.join(map(str, box))})")
+
+
+def test_a_link_in_the_devkit_archive_is_refused(original, tmp_path):
+    def link_meta(members: list[Member]) -> list[Member]:
+        info = tarfile.TarInfo("devkit/cars_meta.mat")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        return [(info, None) if m.name == "devkit/cars_meta.mat" else (m, data) for m, data in members]
+
+    rewrite_tgz(original / "car_devkit.tgz", link_meta)
+    fails_with(original, tmp_path / "data", "car_devkit.tgz:devkit/cars_meta.mat is not a regular file")
+
+
+def test_the_devkit_archive_is_read_once(original, tmp_path, monkeypatch):
+    opened = []
+    real_open = tarfile.open
+
+    def counting_open(name=None, *args, **kwargs):
+        opened.append(Path(name).name if name is not None else None)
+        return real_open(name, *args, **kwargs)
+
+    monkeypatch.setattr(tarfile, "open", counting_open)
+    prepare_dataset(original, tmp_path / "data")
+    assert opened.count("car_devkit.tgz") == 1, opened
+
+
+def test_a_raw_path_that_is_a_file_is_named(updated, tmp_path):
+    fails_with(updated / "car_ims.tgz", tmp_path / "data", "car_ims.tgz' is a file", "the folder that holds it")

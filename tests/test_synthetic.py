@@ -14,7 +14,7 @@ import scipy.io
 from PIL import Image
 
 from datasets.class_names import STANFORD_CARS_CLASS_NAMES
-from datasets.synthetic import generate_images
+from datasets.synthetic import generate_images, make_synthetic
 from tests.prepare_helpers import REFERENCE, make_raw
 
 needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason="real annotation files not available")
@@ -173,3 +173,32 @@ def test_the_pattern_inside_the_bbox_depends_on_the_class():
     centroids = {c: np.mean(v, axis=0) for c, v in crops.items()}
     correct = [max(centroids, key=lambda c: f @ centroids[c]) == k for k, fs in crops.items() for f in fs]
     assert np.mean(correct) >= 0.9
+
+
+def test_default_sizes_give_numbers_stored_both_as_uint8_and_uint16(tmp_path):
+    """As in the real files: the generator's default image sizes reach box coordinates above 255."""
+    raw = make_synthetic(tmp_path / "raw", "updated", classes=4, train_per_class=4, test_per_class=2)
+    rows = scipy.io.loadmat(raw / "cars_annos.mat")["annotations"].ravel()
+    kinds = {row[field].dtype for row in rows for field in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")}
+    assert kinds == {np.dtype(np.uint8), np.dtype(np.uint16)}
+
+
+def test_an_interrupted_generation_leaves_no_annotations_and_the_demo_redoes_it(tmp_path, monkeypatch):
+    import datasets.synthetic as synthetic
+    from utils.demo import prepare_demo
+
+    real_write_tgz = synthetic._write_tgz
+
+    def interrupted(path, *args, **kwargs):
+        if path.name == "car_ims.tgz":
+            path.write_bytes(b"half an archive")  # a damaged leftover, which the demo's rerun must replace
+            raise KeyboardInterrupt
+        real_write_tgz(path, *args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "_write_tgz", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        make_synthetic(tmp_path / "demo" / "raw", "updated", classes=2, train_per_class=1, test_per_class=1)
+    assert not (tmp_path / "demo" / "raw" / "cars_annos.mat").exists()
+    monkeypatch.setattr(synthetic, "_write_tgz", real_write_tgz)
+    prepare_demo(tmp_path / "demo")
+    assert (tmp_path / "demo" / "stanford" / "train_labels.csv").is_file()

@@ -20,12 +20,20 @@ def one_line(error: UserError) -> str:
 
 
 def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run `main(argv)` and exit with its return code; a `UserError` prints one line and exits with its code (2)."""
+    """Run `main(argv)` and exit with its return code; a `UserError` prints one line and exits with its code (2),
+    a file system error (an OSError with an errno) one line and exit code 1."""
     try:
         code = main(argv)
     except UserError as error:
         print(one_line(error), file=sys.stderr)
         sys.exit(error.exit_code)
+    except OSError as error:
+        if error.errno is None:  # not a file system error: a bug, whose traceback is wanted
+            raise
+        # a full disk, a missing permission, a file where a folder should be: the path says what to fix
+        where = f": {error.filename}" if error.filename else ""
+        print(f"error: {error.strerror}{where}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

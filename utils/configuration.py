@@ -11,6 +11,7 @@ import argparse
 import copy
 import difflib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,7 @@ class Kind:
 
 BOOL = Kind(lambda v: isinstance(v, bool), "true or false")
 STR = Kind(lambda v: isinstance(v, str), "a string")
+PATH = Kind(lambda v: isinstance(v, str), "a path (a leading ~ is your home folder)")
 POS_INT = Kind(lambda v: _is_int(v) and v > 0, "a positive integer")
 NON_NEG_INT = Kind(lambda v: _is_int(v) and v >= 0, "a non-negative integer")
 INT = Kind(_is_int, "an integer")
@@ -123,7 +125,7 @@ SCHEMA: tuple[Key, ...] = (
     # Logging
     Key("loglevel", "logging", "INFO", STR, "Console and log-file level.",
         choices=("DEBUG", "INFO", "WARNING", "ERROR")),
-    Key("logging_dir", "logging", "logs", STR, "Folder of the daily log files `<YYYYMMDD>.log`."),
+    Key("logging_dir", "logging", "logs", PATH, "Folder of the daily log files `<YYYYMMDD>.log`."),
     Key("log_to_neptune", "logging", False, BOOL, "Log runs to Neptune (see documentation/experiment_tracking.md)."),
     Key("neptune_username", "logging", "<neptune.ai username>", STR, "Neptune workspace (user) name."),
     Key("neptune_project_name", "logging", "<neptune.ai project name>", STR, "Neptune project name."),
@@ -139,12 +141,12 @@ SCHEMA: tuple[Key, ...] = (
     Key("tags", "logging", [], STR_LIST, "Tags given to the run in every tracker (e.g. the thesis's experiment ID)."),
     Key("description", "logging", "", STR, "Free-text description of the run, given to every tracker."),
     # Paths
-    Key("stanford_raw_data_path", "paths", "<path to the folder containing the raw Stanford Cars downloads>", STR,
+    Key("stanford_raw_data_path", "paths", "<path to the folder containing the raw Stanford Cars downloads>", PATH,
         "Folder with the raw downloads (either release; see documentation/dataset.md)."),
-    Key("stanford_data_path", "paths", "input/stanford", STR,
+    Key("stanford_data_path", "paths", "input/stanford", PATH,
         "Prepared data: `train/`, `test/`, `train_labels.csv`, `test_labels.csv`."),
-    Key("output_path", "paths", "output", STR, "Run folders `<output_path>/<run_name>/` are created here."),
-    Key("cache_dir", "paths", None, STR,
+    Key("output_path", "paths", "output", PATH, "Run folders `<output_path>/<run_name>/` are created here."),
+    Key("cache_dir", "paths", None, PATH,
         "Where the image cache lives; null = `<stanford_data_path>/.cache`.", nullable=True),
     # Preprocessing
     Key("image_size", "preprocessing", [227, 227], SIZE, "Images are resized to [height, width]."),
@@ -256,6 +258,8 @@ def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
         value = resolved[key.name]
         if not key.accepts(value):
             raise ConfigError(f"{key.name} in {source} is {value!r}; expected {key.expected()}")
+        if key.kind is PATH and value is not None and not is_placeholder(value):
+            resolved[key.name] = os.path.expanduser(value)
     for name in ("normalization_params_rgb", "normalization_params_grayscale"):
         params = resolved[name]
         channels = 1 if name.endswith("grayscale") else 3

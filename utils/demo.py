@@ -21,9 +21,11 @@ def prepare_demo(base: Path) -> list[str]:
     workers (on 2 cores they would compete with the training threads).
     """
     raw, prepared = base / "raw", base / "stanford"
+    # cars_annos.mat is written last: without it, an earlier generation was interrupted and is redone
     if not (raw / "cars_annos.mat").exists():
         log.info("demo: generating a synthetic raw dataset (%d classes) in %s", DEMO_CLASSES, raw)
-        make_synthetic(raw, layout="updated", classes=DEMO_CLASSES, train_per_class=24, test_per_class=8, seed=0)
+        make_synthetic(raw, layout="updated", classes=DEMO_CLASSES, train_per_class=24, test_per_class=8, seed=0,
+                       overwrite=True)
     prepare_dataset(raw, prepared)
     return [
         f"stanford_raw_data_path={raw}",

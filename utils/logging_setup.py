@@ -16,22 +16,26 @@ def _not_an_advert(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("💡")
 
 
-def setup_logging(level: str = "INFO", logging_dir: str | Path | None = None) -> Path | None:
-    """Log `cars` (and Lightning's) messages to the console and, when a folder is given, to `<dir>/<YYYYMMDD>.log`.
+def setup_logging(level: str = "INFO", logging_dir: str | Path | None = None, lightning: bool = False
+                  ) -> Path | None:
+    """Log `cars` (and, with `lightning`, Lightning's) messages to the console and, when a folder is given, to
+    `<dir>/<YYYYMMDD>.log`.
 
-    Returns the log file's path, or None. Calling it again replaces the handlers it installed before. In DDP
-    processes other than rank 0 only warnings reach the console and nothing reaches the file.
+    Returns the log file's path, or None. Calling it again replaces the handlers it installed before. With
+    `lightning`, in DDP processes other than rank 0 only warnings reach the console and nothing reaches the file;
+    without it, Lightning (and torch, which takes seconds to import) is not imported at all.
     """
-    from lightning_fabric.utilities.rank_zero import rank_zero_only
-
-    for name in LIGHTNING_LOGGERS:
-        # The logger Lightning's rank_zero_info writes through (the same object once Lightning is imported).
-        emitter = logging.getLogger(f"{name}.utilities.rank_zero")
-        if _not_an_advert not in emitter.filters:
-            emitter.addFilter(_not_an_advert)
     logger = logging.getLogger(LOGGER_NAME)
-    if rank_zero_only.rank != 0:
-        level, logging_dir = "WARNING", None
+    if lightning:
+        from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+        for name in LIGHTNING_LOGGERS:
+            # The logger Lightning's rank_zero_info writes through (the same object once Lightning is imported).
+            emitter = logging.getLogger(f"{name}.utilities.rank_zero")
+            if _not_an_advert not in emitter.filters:
+                emitter.addFilter(_not_an_advert)
+        if rank_zero_only.rank != 0:
+            level, logging_dir = "WARNING", None
     logger.setLevel(level)
     logger.propagate = False
     for handler in list(logger.handlers):
@@ -49,7 +53,7 @@ def setup_logging(level: str = "INFO", logging_dir: str | Path | None = None) ->
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         file_handler.set_name("cars-file")
         logger.addHandler(file_handler)
-        for name in LIGHTNING_LOGGERS:
+        for name in LIGHTNING_LOGGERS if lightning else ():
             other = logging.getLogger(name)
             for handler in [h for h in other.handlers if h.get_name() == "cars-file"]:
                 other.removeHandler(handler)
