@@ -59,7 +59,7 @@ def train(config: dict[str, Any], resume: str | None = None) -> Path:
     from models.training_parts import check_hardware, check_training_parts, early_stopping_patience
     from utils.plots import write_plots
     from utils.resilience import GracefulInterrupt, RngStateCheckpoint, find_resume_checkpoint
-    from utils.run_outputs import MetricsCsvWriter, epochs_done, write_summary
+    from utils.run_outputs import MetricsCsvWriter, epochs_done, read_summary, write_summary
     from utils.trackers import build_loggers, check_tracker_config, finalize_trackers
 
     # Known, harmless notices of the libraries, printed at every run.
@@ -96,6 +96,8 @@ def train(config: dict[str, Any], resume: str | None = None) -> Path:
     )
     interrupt = GracefulInterrupt(trainer)
     interrupt.install()
+    # a resumed run's wall time includes the sessions before (their summary.json says how long they ran)
+    earlier_s = float(read_summary(run_dir).get("wall_time_s") or 0) if checkpoint is not None else 0.0
     started = time.monotonic()
     status = "interrupted"
     try:
@@ -118,7 +120,7 @@ def train(config: dict[str, Any], resume: str | None = None) -> Path:
                 "early_stopped": status == "early_stopped",
                 "num_params": model.num_params,
                 "architecture": type(model.net).__name__,
-                "wall_time_s": round(time.monotonic() - started, 1),
+                "wall_time_s": round(earlier_s + time.monotonic() - started, 1),
                 "skipped_images": data.skipped_images,
                 "status": status,
             })

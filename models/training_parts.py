@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import torch
@@ -89,12 +90,18 @@ def build_optimizer(name: str, params: dict[str, Any], parameters: Any) -> torch
         raise ConfigError(f"optimizer_params for {name}: {error}") from None
 
 
+# What a scheduler lambda may call besides arithmetic: C-63's 2020 config uses pow().
+LAMBDA_NAMES = {"pow": pow, "min": min, "max": max, "abs": abs, **{name: getattr(math, name) for name in (
+    "exp", "log", "sqrt", "cos", "sin", "pi", "e", "floor", "ceil")}}
+
+
 def _compile_lambda(text: str, key: str) -> Any:
-    """'lambda epoch: 0.95 ** epoch' -> a function; evaluated without builtins, so it can only do arithmetic."""
+    """'lambda epoch: 0.95 ** epoch' -> a function; evaluated without builtins, so it can only do arithmetic and
+    call the functions of LAMBDA_NAMES."""
     if not text.strip().startswith("lambda"):
         raise ConfigError(f"lr_scheduler_params.{key} must be a string 'lambda epoch: ...', got {text!r}")
     try:
-        return eval(text, {"__builtins__": {}}, {})  # noqa: S307 - no builtins: a pure expression of `epoch`
+        return eval(text, {"__builtins__": {}, **LAMBDA_NAMES}, {})  # noqa: S307 - an expression of `epoch`
     except SyntaxError as error:
         raise ConfigError(f"lr_scheduler_params.{key} {text!r} is not a valid lambda ({error.msg})") from None
 

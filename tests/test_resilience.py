@@ -78,7 +78,13 @@ def test_sigterm_then_resume_gives_contiguous_epochs_and_the_uninterrupted_metri
     assert metrics["lr"].tolist() == pytest.approx([1e-3, 1e-3, 1e-4, 1e-5])
     # Same seed, num_workers 0 and the RNG state restored from the checkpoint: the same numbers as one whole run.
     pd.testing.assert_frame_equal(metrics, uninterrupted, check_exact=False, rtol=1e-5)
-    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+    finished = json.loads((run_dir / "summary.json").read_text())
+    assert finished["status"] == "finished"
+    assert finished["wall_time_s"] > summary["wall_time_s"]  # both sessions counted
+    # A finished run is not resumed again: that would train nothing and overwrite its summary.
+    again = run_train(["--config", str(config), "--resume", "auto"], cwd=tmp_path)
+    assert again.returncode == 2 and "nothing is left to train" in again.stderr, again.stderr
+    assert json.loads((run_dir / "summary.json").read_text()) == finished
     # The resumed training continued the same MLflow run.
     from mlflow.tracking import MlflowClient
 
@@ -98,7 +104,9 @@ def test_two_runs_with_the_same_seed_write_identical_metrics(data: Path, tmp_pat
     pd.testing.assert_frame_equal(again, uninterrupted, check_exact=True)
 
 
-def make_run(output: Path, name: str, config: dict, last: bool = True) -> Path:
+def make_run(output: Path, name: str, config: dict, last: bool = True, epochs: int = 0,
+             status: str | None = None) -> Path:
+    """A run folder with `epochs` rows in metrics.csv and, with `status`, a summary.json."""
     from utils.configuration import dump_yaml
 
     run_dir = output / name
@@ -106,6 +114,10 @@ def make_run(output: Path, name: str, config: dict, last: bool = True) -> Path:
     (run_dir / "config.yml").write_text(dump_yaml(config))
     if last:
         (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"ckpt")
+    if epochs:
+        pd.DataFrame({"epoch": range(epochs), "valid_acc": 0.5}).to_csv(run_dir / "metrics.csv", index=False)
+    if status:
+        (run_dir / "summary.json").write_text(json.dumps({"status": status, "wall_time_s": 1.0}))
     return run_dir
 
 
@@ -123,7 +135,7 @@ def test_resume_auto_picks_the_newest_run_with_the_same_recipe(tmp_path: Path) -
 
 def test_resume_errors_are_clear(tmp_path: Path) -> None:
     config = validate({"output_path": str(tmp_path)})
-    with pytest.raises(ConfigError, match="no run folder under .* has a last.ckpt"):
+    with pytest.raises(ConfigError, match="no unfinished run with this config under"):
         find_resume_checkpoint("auto", config)
     with pytest.raises(ConfigError, match="no such checkpoint file"):
         find_resume_checkpoint(str(tmp_path / "missing.ckpt"), config)
@@ -144,3 +156,24 @@ def test_resume_keeps_the_rows_of_a_metrics_csv_written_before_epoch_time_s(tmp_
     assert list(kept.columns) == METRIC_COLUMNS
     assert kept["epoch"].tolist() == [0, 1] and kept["train_loss"].tolist() == [2.0, 1.5]
     assert kept["epoch_time_s"].isna().all()
+
+
+def test_resume_auto_skips_runs_with_nothing_left_to_train(tmp_path: Path) -> None:
+    config = validate({"output_path": str(tmp_path), "num_epochs": 10})
+    interrupted = make_run(tmp_path, "ghost_1", config, epochs=4, status="interrupted")
+    time.sleep(0.01)
+    make_run(tmp_path, "ghost_2", config, epochs=10, status="finished")  # newer, but done
+    time.sleep(0.01)
+    make_run(tmp_path, "ghost_3", config, epochs=6, status="early_stopped")  # newer, stopped by its own rule
+    assert find_resume_checkpoint("auto", config) == interrupted / "checkpoints" / "last.ckpt"
+    # a finished run continues when num_epochs grows (explicitly or by --resume auto)
+    assert find_resume_checkpoint("auto", {**config, "num_epochs": 20}).parent.parent.name == "ghost_2"
+    (interrupted / "checkpoints" / "last.ckpt").unlink()
+    with pytest.raises(ConfigError, match=r"no unfinished run .*\(2 with this config have nothing left to train\)"):
+        find_resume_checkpoint("auto", config)
+    done = tmp_path / "ghost_2" / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError, match="run ghost_2 has already run 10 epochs .status finished. and num_epochs "
+                                          "is 10: nothing is left to train; raise num_epochs"):
+        find_resume_checkpoint(str(done), config)
+    with pytest.raises(ConfigError, match="nothing is left to train"):
+        find_resume_checkpoint("auto", {**config, "run_name": "ghost_2"})

@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+from models.training_parts import build_optimizer, build_scheduler, check_training_parts
 from tests.helpers import ROOT, generated_prepared_data, run_module, tiny_config
 from utils.configuration import defaults, load_config
 from utils.run_params import run_params
@@ -26,6 +28,20 @@ def test_there_is_one_loadable_config_per_experiment_of_the_thesis_table() -> No
         config = load_config(str(THESIS_CONFIGS / f"{experiment}.yml"))
         assert config["tags"][0] == experiment and config["description"]
         assert config["architecture"] == "ghost" and config["image_size"] == [227, 227]
+
+
+@pytest.mark.parametrize("experiment", TABLE_IDS)
+def test_every_thesis_config_builds_its_loss_optimizer_and_scheduler(experiment: str) -> None:
+    config = load_config(str(THESIS_CONFIGS / f"{experiment}.yml"))
+    check_training_parts(config)
+
+
+def test_c63_lambda_keeps_the_2020_text_and_anneals_the_rate_tenfold_in_67_epochs() -> None:
+    config = load_config(str(THESIS_CONFIGS / "C-63.yml"))
+    assert "pow(" in config["lr_scheduler_params"]["lr_lambda"]  # as the thesis's run logged it
+    optimizer = build_optimizer("AdamW", {"lr": 0.001}, [torch.nn.Parameter(torch.zeros(1))])
+    scheduler = build_scheduler("LambdaLR", config["lr_scheduler_params"], optimizer)["scheduler"]
+    assert scheduler.lr_lambdas[0](67) == pytest.approx(0.1)
 
 
 def test_c50_config_gives_the_parameters_listed_for_the_best_model() -> None:

@@ -191,7 +191,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("lr_scheduler", "optimization", "MultiStepLR", STR,
         "A class name of `torch.optim.lr_scheduler`, or null for a constant learning rate.", nullable=True),
     Key("lr_scheduler_params", "optimization", {"gamma": 0.1, "milestones": [67, 82, 95, 107]}, PARAMS,
-        "Keyword arguments of the scheduler; `lr_lambda` may be a string \"lambda epoch: ...\".", nullable=True),
+        "Keyword arguments of the scheduler; `lr_lambda` may be a string \"lambda epoch: ...\" (arithmetic, `pow`, "
+        "`min`, `max`, `abs`, `exp`, `log`, `sqrt`, `cos`, `sin`, `floor`, `ceil`, `pi`, `e`).", nullable=True),
     Key("loss_function", "optimization", "LabelSmoothingCrossEntropy", STR,
         "LabelSmoothingCrossEntropy or a loss class name of `torch.nn`."),
     Key("loss_params", "optimization", None, PARAMS, "Keyword arguments of the loss.", nullable=True),

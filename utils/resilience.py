@@ -19,6 +19,7 @@ from pytorch_lightning.callbacks import Callback
 
 from utils.configuration import masked
 from utils.errors import ConfigError
+from utils.run_outputs import epochs_done, read_summary
 
 log = logging.getLogger("cars")
 
@@ -42,34 +43,55 @@ def run_dir_of(checkpoint: Path) -> Path:
     return checkpoint.resolve().parent.parent
 
 
+def _epochs_left(checkpoint: Path, config: dict[str, Any]) -> int:
+    return config["num_epochs"] - epochs_done(run_dir_of(checkpoint) / "metrics.csv")
+
+
+def _nothing_left(spec: str, checkpoint: Path, config: dict[str, Any]) -> ConfigError:
+    run_dir = run_dir_of(checkpoint)
+    status = read_summary(run_dir).get("status", "unknown")
+    return ConfigError(f"--resume {spec}: run {run_dir.name} has already run {epochs_done(run_dir / 'metrics.csv')} "
+                       f"epochs (status {status}) and num_epochs is {config['num_epochs']}: nothing is left to "
+                       "train; raise num_epochs to continue it, or start a new run without --resume")
+
+
 def find_resume_checkpoint(spec: str, config: dict[str, Any]) -> Path:
-    """`--resume PATH` -> that file; `--resume auto` -> the newest last.ckpt of the run named by `run_name`, or of
-    the newest run folder under `output_path` whose config has the same recipe."""
+    """`--resume PATH` -> that file; `--resume auto` -> the last.ckpt of the run named by `run_name`, or of the
+    newest run folder under `output_path` whose config has the same recipe and that has epochs left to train (one
+    that stopped early counts as done). A run with no epochs left under `num_epochs` is never resumed: it would
+    train nothing and overwrite its summary."""
     if spec != "auto":
         path = Path(spec)
         if not path.is_file():
             raise ConfigError(f"--resume {spec}: no such checkpoint file")
         if not (run_dir_of(path) / "config.yml").is_file():
             raise ConfigError(f"--resume {spec}: not inside a run folder (<run>/checkpoints/last.ckpt)")
+        if _epochs_left(path, config) <= 0:
+            raise _nothing_left(spec, path, config)
         return path
     output = Path(config["output_path"])
     if config["run_name"] is not None:
         path = output / config["run_name"] / "checkpoints" / "last.ckpt"
         if not path.is_file():
             raise ConfigError(f"--resume auto: run {config['run_name']!r} has no {path} to resume from")
+        if _epochs_left(path, config) <= 0:
+            raise _nothing_left(spec, path, config)
         return path
     wanted = recipe(config)
-    candidates = []
+    same_recipe = []
     for path in output.glob("*/checkpoints/last.ckpt"):
         try:
             saved = yaml.safe_load((run_dir_of(path) / "config.yml").read_text())
         except (OSError, yaml.YAMLError):
             continue
         if isinstance(saved, dict) and recipe(saved) == wanted:
-            candidates.append(path)
+            same_recipe.append(path)
+    candidates = [path for path in same_recipe if _epochs_left(path, config) > 0
+                  and read_summary(run_dir_of(path)).get("status") != "early_stopped"]
     if not candidates:
-        raise ConfigError(f"--resume auto: no run folder under {output} with this config has a last.ckpt "
-                          f"(set run_name, or pass --resume PATH)")
+        done = f" ({len(same_recipe)} with this config have nothing left to train)" if same_recipe else ""
+        raise ConfigError(f"--resume auto: no unfinished run with this config under {output}{done}; start a new "
+                          "run without --resume, set run_name, or pass --resume PATH")
     return max(candidates, key=lambda p: p.stat().st_mtime)
 
 

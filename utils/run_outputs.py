@@ -125,6 +125,15 @@ def summarize(metrics_csv: Path, extras: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """The run's summary.json, or {} when it has none (a run still going, or killed without a chance to write it)."""
+    try:
+        summary = json.loads((Path(run_dir) / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
 def write_summary(run_dir: Path, extras: dict[str, Any]) -> dict[str, Any]:
     """Write `summary.json` from metrics.csv and `extras`; returns it."""
     summary = summarize(run_dir / "metrics.csv", extras)
