@@ -402,3 +402,11 @@ def test_an_interrupted_run_still_gets_its_plots_and_a_killed_tracker_run(tmp_pa
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
     (run,) = client.search_runs([client.get_experiment_by_name("stop").experiment_id])
     assert run.info.status == "KILLED" and run.data.tags["status"] == "interrupted"
+
+
+def test_the_neptune_command_that_uploads_offline_runs_starts() -> None:
+    """`neptune sync` (documentation/experiment_tracking.md) imports pkg_resources: prod_requirements keeps it."""
+    neptune_cli = Path(sys.executable).with_name("neptune")
+    result = subprocess.run([str(neptune_cli), "sync", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--offline-only" in result.stdout and "--project" in result.stdout
