@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from datasets.transforms import PrefixSettings, apply_prefix, to_uint8_tensor
 from models.net_module import NetModule
@@ -85,10 +85,12 @@ def eval_prefix(module: NetModule) -> PrefixSettings:
 
 
 def load_image(path: Path, prefix: PrefixSettings) -> torch.Tensor:
-    """Decode an image file and apply the eval prefix: uint8 (C, H, W). Raises OSError when it does not decode."""
+    """Decode an image file, turn it upright by its EXIF orientation (phone cameras store many photos sideways with a
+    tag instead of rotated pixels) and apply the eval prefix: uint8 (C, H, W). Raises OSError when it does not
+    decode."""
     with Image.open(path) as image:
         image.load()
-        return to_uint8_tensor(apply_prefix(image, prefix))
+        return to_uint8_tensor(apply_prefix(ImageOps.exif_transpose(image), prefix))
 
 
 @torch.inference_mode()

@@ -88,3 +88,19 @@ def test_missing_or_foreign_checkpoint_is_one_line_and_exit_2(tmp_path: Path, ma
 def _write(path: Path, content: bytes) -> Path:
     path.write_bytes(content)
     return path
+
+
+def test_a_photo_stored_sideways_with_an_exif_orientation_is_read_upright(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from datasets.transforms import PrefixSettings
+    from models.inference import load_image
+
+    upright = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 64, 3), dtype=np.uint8))
+    upright.save(tmp_path / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display", as phones tag portrait photos
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.png", exif=exif)
+    prefix = PrefixSettings(image_size=(32, 48), grayscale=False, crop_to_bbox=False, erase_background=False)
+    assert load_image(tmp_path / "sideways.png", prefix).equal(load_image(tmp_path / "upright.png", prefix))
