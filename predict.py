@@ -13,25 +13,23 @@ import json
 import sys
 from pathlib import Path
 
-from utils.cli import run_main
+from utils.cli import positive_int, run_main
 from utils.errors import UserError
+from utils.files import checkpoint_path_problem
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Predict the car model in each image with a checkpoint of train.py.")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint of train.py, e.g. <run>/checkpoints/best.ckpt")
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
-    parser.add_argument("--top-k", type=int, default=5, help="classes to print per image (default: 5)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    parser.add_argument("--top-k", type=positive_int, default=5, help="classes to print per image (default: 5)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON document ({images: [...], errors: [...]}) instead of text")
     args = parser.parse_args(argv)
-    if not Path(args.checkpoint).is_file():
-        # Checked before the heavy imports, so that a mistyped path answers at once.
-        raise UserError(f"{args.checkpoint} does not exist; pass a checkpoint such as <run>/checkpoints/best.ckpt")
-    for option in ("top_k", "batch_size"):
-        if getattr(args, option) < 1:
-            raise UserError(f"--{option.replace('_', '-')} must be at least 1, not {getattr(args, option)}")
+    problem = checkpoint_path_problem(Path(args.checkpoint))
+    if problem:  # checked before the heavy imports, so that a mistyped path answers at once
+        raise UserError(problem)
     return args
 
 

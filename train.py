@@ -53,13 +53,14 @@ def train(config: dict[str, Any], resume: str | None = None) -> Path:
     # Heavy imports here, so that --help, --print-config and config errors answer at once.
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+    from pytorch_lightning.utilities import rank_zero_only
 
     from datasets.stanford_data_module import StanfordCarsDataModule
     from models.net_module import NetModule
     from models.training_parts import check_hardware, check_training_parts, early_stopping_patience
     from utils.plots import write_plots
     from utils.resilience import GracefulInterrupt, RngStateCheckpoint, find_resume_checkpoint
-    from utils.run_outputs import MetricsCsvWriter, epochs_done, read_summary, write_summary
+    from utils.run_outputs import MetricsCsvWriter, epochs_done, read_summary, remove_unused_run_dir, write_summary
     from utils.trackers import build_loggers, check_tracker_config, finalize_trackers
 
     # Known, harmless notices of the libraries, printed at every run.
@@ -79,7 +80,12 @@ def train(config: dict[str, Any], resume: str | None = None) -> Path:
     log.info("run %s: %s, %d classes, %s parameters", run_dir.name, config["architecture"], data.num_classes,
              f"{model.num_params:,}")
 
-    loggers = build_loggers(config, run_dir, model, resume=checkpoint is not None)
+    try:
+        loggers = build_loggers(config, run_dir, model, resume=checkpoint is not None)
+    except UserError:  # a tracker that cannot start: no run took place, so no run folder is left behind
+        if checkpoint is None and rank_zero_only.rank == 0:
+            remove_unused_run_dir(run_dir)
+        raise
     early_stopping = EarlyStopping(monitor="valid_loss", mode="min", patience=early_stopping_patience(config))
     best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="valid_loss", mode="min",
                            save_top_k=1, enable_version_counter=False)

@@ -75,12 +75,17 @@ class StanfordCarsDataset(Dataset):
         image_augment: random PIL-level augmentations (train only), or None.
         tensor_augment: random tensor-level augmentations (train only), or None.
         cache: the cached prefix pixels of this split, or None to decode every item from its file.
+        labels: the split's label table, when already read.
+        corrupt_hint: what the error for an image that does not decode tells the user to do.
     """
 
     def __init__(self, data_path: Path, split: str, prefix: PrefixSettings, image_augment: v2.Compose | None = None,
                  tensor_augment: v2.Compose | None = None, cache: ImageCache | None = None,
-                 labels: pd.DataFrame | None = None) -> None:
+                 labels: pd.DataFrame | None = None,
+                 corrupt_hint: str = "set skip_corrupt_images: true (with cache_images: true) to skip such files"
+                 ) -> None:
         self.image_dir = Path(data_path) / split
+        self.corrupt_hint = corrupt_hint
         labels = read_labels(Path(data_path), split) if labels is None else labels
         self.prefix = prefix
         self.image_augment = image_augment
@@ -109,8 +114,7 @@ class StanfordCarsDataset(Dataset):
         try:
             return load_prefixed(path, self.prefix, self.bboxes[row])
         except OSError as error:
-            raise DataError(f"image {path} does not decode ({error}); set skip_corrupt_images: true "
-                            f"(with cache_images: true) to skip such files") from None
+            raise DataError(f"image {path} does not decode ({error}); {self.corrupt_hint}") from None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         array = self.prefixed_array(index)

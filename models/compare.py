@@ -20,7 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from models.arch_dict import build_architecture, check_architecture, get_architectures_dictionary, min_image_size
-from utils.cli import run_main
+from utils.cli import positive_int, run_main
 from utils.errors import ConfigError
 
 BYTES_PER_FLOAT32 = 4
@@ -94,8 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar=("H", "W"),
         help="input height and width in pixels (default: 224 224)",
     )
-    parser.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default: 1000)")
-    parser.add_argument("--runs", type=int, default=10, help="timed forward passes per architecture (default: 10)")
+    parser.add_argument("--num-classes", type=positive_int, default=1000, help="classifier outputs (default: 1000)")
+    parser.add_argument("--runs", type=positive_int, default=10, help="timed forward passes per architecture (default: 10)")
     parser.add_argument(
         "--architectures",
         nargs="+",

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix  # noqa: E402
 
-from utils.cli import run_main  # noqa: E402
+from utils.cli import non_negative_int, positive_int, run_main  # noqa: E402
 from utils.errors import ConfigError, DataError  # noqa: E402
 
 log = logging.getLogger("cars")
@@ -60,6 +60,14 @@ def default_data_path(checkpoint: Path) -> Path:
     return Path(data_path)
 
 
+def default_output_dir(checkpoint: Path) -> Path:
+    """`<run>/evaluation` for a checkpoint in a run folder; `<folder>/<checkpoint stem>_evaluation` beside any other."""
+    run_dir = checkpoint.resolve().parent.parent
+    if checkpoint.resolve().parent.name == "checkpoints" and (run_dir / "config.yml").is_file():
+        return run_dir / "evaluation"
+    return checkpoint.resolve().parent / f"{checkpoint.stem}_evaluation"
+
+
 def per_class_table(confusion: torch.Tensor, names: list[str]) -> pd.DataFrame:
     """class_id (1-based), class_name, images, correct, accuracy (NaN for classes without test images)."""
     images = confusion.sum(dim=1)
@@ -91,7 +99,9 @@ def evaluate(module: torch.nn.Module, data_path: Path, batch_size: int = 64, num
     if labels["class"].max() > num_classes or labels["class"].min() < 1:
         raise DataError(f"{data_path}/test_labels.csv has class ids outside 1..{num_classes}, the checkpoint's "
                         f"classes: is it the data the model was trained on?")
-    dataset = StanfordCarsDataset(data_path, "test", eval_prefix(module), labels=labels)
+    dataset = StanfordCarsDataset(data_path, "test", eval_prefix(module), labels=labels,
+                                  corrupt_hint="top-1 needs every test image: replace the file, e.g. by preparing the "
+                                               "data again (prepare_stanford_dataset.py --force)")
     names = class_names(module)
     k = min(5, num_classes)
     top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
@@ -127,7 +137,7 @@ def plot_confusion_matrix(confusion: torch.Tensor, names: list[str], path: Path,
     shown = ax.imshow(rates, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's test images")
     if n <= NAMED_TICKS_MAX:
-        ax.set_xticks(range(n), [str(i) for i in range(1, n + 1)])
+        ax.set_xticks(range(n), [str(i) for i in range(1, n + 1)], fontsize=7, rotation=90 if n > 20 else 0)
         ax.set_yticks(range(n), [f"{name} ({i})" for i, name in enumerate(names, start=1)], fontsize=7)
     else:
         ticks = [i for i in range(n) if (i + 1) % 10 == 0 or i == 0]
@@ -136,8 +146,8 @@ def plot_confusion_matrix(confusion: torch.Tensor, names: list[str], path: Path,
     ax.set_xlabel("predicted class id")
     ax.set_ylabel("true class" if n <= NAMED_TICKS_MAX else "true class id (names: per_class_accuracy.csv)")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    # "tight" grows the figure around long class names instead of cutting them off
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -160,8 +170,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-d", "--data-path", default=None,
                         help="prepared data folder (default: stanford_data_path of <run>/config.yml)")
     parser.add_argument("--output-dir", default=None, help="where the files go (default: <run>/evaluation)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default: 64)")
+    parser.add_argument("--num-workers", type=non_negative_int, default=0, help="DataLoader worker processes (default: 0)")
     return parser.parse_args(argv)
 
 
@@ -172,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = Path(args.checkpoint)
     module = load_module(checkpoint)
     data_path = Path(args.data_path) if args.data_path else default_data_path(checkpoint)
-    output_dir = Path(args.output_dir) if args.output_dir else checkpoint.resolve().parent.parent / "evaluation"
+    output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(checkpoint)
     result = evaluate(module, data_path, args.batch_size, args.num_workers)
     write_outputs(result, output_dir, checkpoint, data_path)
     images = len(result.predictions)

@@ -8,6 +8,7 @@ then `NetModule.preprocess`, exactly as validation batches in training.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from PIL import Image, ImageOps
 from datasets.transforms import PrefixSettings, apply_prefix, to_uint8_tensor
 from models.net_module import NetModule
 from utils.errors import UserError
+from utils.files import checkpoint_path_problem
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -43,12 +45,16 @@ class Prediction:
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint dict of a train.py run, loaded without executing pickled code; errors name the file."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist; pass a checkpoint such as <run>/checkpoints/best.ckpt")
+    problem = checkpoint_path_problem(path)
+    if problem:
+        raise CheckpointError(problem)
     try:
         # weights_only: a checkpoint is loaded without executing pickled code (utils/resilience.py keeps the RNG
-        # states it stores in plain types for this reason).
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # states it stores in plain types for this reason). Warnings (e.g. about a TorchScript file) are dropped:
+        # the error below says what the file is not.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load raises many types (UnpicklingError, RuntimeError, EOFError, ...)
         lines = str(error).strip().splitlines()
         reason = f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__

@@ -94,3 +94,27 @@ def test_per_class_table_and_worst_classes_from_a_confusion_matrix() -> None:
     assert table["images"].tolist() == [4, 2, 0, 2] and table["correct"].tolist() == [3, 0, 0, 1]
     assert table["accuracy"].iloc[[0, 1, 3]].tolist() == [0.75, 0.0, 0.5] and pd.isna(table["accuracy"].iloc[2])
     assert worst_classes(table, 2)["class_name"].tolist() == ["b", "d"]
+
+
+def test_a_checkpoint_outside_a_run_folder_reports_beside_itself(run_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from models.evaluate import default_output_dir
+
+    assert default_output_dir(run_dir / "checkpoints" / "best.ckpt") == run_dir.resolve() / "evaluation"
+    loose = Path(shutil.copy(run_dir / "checkpoints" / "best.ckpt", tmp_path / "model.ckpt"))
+    assert default_output_dir(loose) == tmp_path.resolve() / "model_evaluation"
+
+
+def test_a_test_image_that_does_not_decode_is_named_with_what_to_do(run_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from models.evaluate import default_data_path, evaluate
+    from models.inference import load_module
+
+    data = Path(shutil.copytree(default_data_path(run_dir / "checkpoints" / "best.ckpt"), tmp_path / "data"))
+    victim = sorted((data / "test").iterdir())[0]
+    victim.write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match=f"{victim.name} does not decode .*top-1 needs every test image") as caught:
+        evaluate(load_module(run_dir / "checkpoints" / "best.ckpt"), data)
+    assert "skip_corrupt_images" not in str(caught.value)

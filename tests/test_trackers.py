@@ -410,3 +410,27 @@ def test_the_neptune_command_that_uploads_offline_runs_starts() -> None:
     result = subprocess.run([str(neptune_cli), "sync", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "--offline-only" in result.stdout and "--project" in result.stdout
+
+
+def test_a_tracker_that_cannot_start_leaves_one_clean_line_and_no_run_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import neptune
+
+    from tests.helpers import generated_prepared_data, tiny_config
+    from train import train
+    from utils.configuration import load_config
+    from utils.errors import UserError
+
+    def refused(**kwargs):
+        raise RuntimeError("\x1b[95m----NeptuneConnectionLostException----\x1b[0m server unreachable")
+
+    monkeypatch.setattr(neptune, "init_run", refused)
+    data = generated_prepared_data(tmp_path / "data", classes=2, train_per_class=2, test_per_class=1)
+    config = load_config(str(tiny_config(tmp_path, data, log_to_neptune=True, neptune_mode="async",
+                                         neptune_username="me", neptune_project_name="cars",
+                                         neptune_api_token="token")))
+    with pytest.raises(UserError) as caught:
+        train(config)
+    assert "NeptuneConnectionLostException---- server unreachable" in str(caught.value)
+    assert "\x1b" not in str(caught.value)
+    assert not (tmp_path / "output").exists() or not any((tmp_path / "output").iterdir())

@@ -15,3 +15,12 @@ def write_text_atomic(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
+
+
+def checkpoint_path_problem(path: Path) -> str | None:
+    """Why `path` cannot be a checkpoint file (missing, or a folder), or None."""
+    if Path(path).is_dir():
+        return f"{path} is a folder; pass a checkpoint file such as <run>/checkpoints/best.ckpt"
+    if not Path(path).is_file():
+        return f"{path} does not exist; pass a checkpoint such as <run>/checkpoints/best.ckpt"
+    return None

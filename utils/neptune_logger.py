@@ -8,6 +8,7 @@ values), `artifacts/<file>` (config.yml, metrics.csv, plots), `sys/name|tags|des
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from argparse import Namespace
 from collections.abc import Iterable, Mapping
@@ -22,6 +23,7 @@ from utils.errors import UserError
 log = logging.getLogger("cars")
 
 MODES = ("async", "offline", "debug")
+ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")  # the client colours its error texts for a terminal
 
 
 def _neptune_values(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -82,7 +84,7 @@ class NeptuneRunLogger(Logger):
                     custom_run_id=self._run_name[-36:] if online else None,
                 )
         except Exception as error:  # the client's errors are many; all mean: this tracker cannot start
-            message = " ".join(str(error).split())[:300]
+            message = " ".join(ANSI_CODES.sub("", str(error)).split())[:300]
             if self._api_token:
                 message = message.replace(self._api_token, "***")
             raise UserError(

@@ -50,6 +50,13 @@ def create_run_dir(output_path: Path, run_name: str | None, architecture: str) -
     raise ConfigError(f"cannot find a free run folder name for {base} in {output_path}")
 
 
+def remove_unused_run_dir(run_dir: Path) -> None:
+    """Remove a run folder that holds nothing but its config.yml (a run that failed before it started)."""
+    if run_dir.is_dir() and [p.name for p in run_dir.iterdir()] == ["config.yml"]:
+        (run_dir / "config.yml").unlink()
+        run_dir.rmdir()
+
+
 def write_run_config(run_dir: Path, config: dict[str, Any]) -> Path:
     """The resolved config, secrets masked, as `config.yml`."""
     path = run_dir / "config.yml"
