@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shlex
+import shutil
 import sys
 import time
 import warnings
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.cli import run_main
-from utils.configuration import dump_yaml, load_config
+from utils.configuration import PROJECT_ROOT, TEMPLATE_CONFIG, dump_yaml, literal, load_config
 from utils.errors import ConfigError, UserError
 from utils.logging_setup import setup_logging
 
@@ -92,7 +93,9 @@ def train(config: dict[str, Any], resume: str | None = None) -> Path:
     # Lightning's save_last only refreshes last.ckpt when the best one changes; resuming needs every epoch's.
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
                            enable_version_counter=False)
-    callbacks = [early_stopping, best, last, MetricsCsvWriter(run_dir / "metrics.csv"), RngStateCheckpoint()]
+    interrupt = GracefulInterrupt()
+    callbacks = [early_stopping, best, last, MetricsCsvWriter(run_dir / "metrics.csv"), RngStateCheckpoint(),
+                 interrupt]
     trainer = pl.Trainer(
         max_epochs=config["num_epochs"], accelerator=config["accelerator"], devices=config["devices"],
         num_nodes=config["num_nodes"], strategy=config["strategy"], precision=config["precision"],
@@ -100,8 +103,7 @@ def train(config: dict[str, Any], resume: str | None = None) -> Path:
         logger=loggers or False, default_root_dir=run_dir, num_sanity_val_steps=0, enable_model_summary=False,
         use_distributed_sampler=False,  # the data module picks its samplers (no padded validation shares)
     )
-    interrupt = GracefulInterrupt(trainer)
-    interrupt.install()
+    interrupt.install(trainer)
     # a resumed run's wall time includes the sessions before (their summary.json says how long they ran)
     earlier_s = float(read_summary(run_dir).get("wall_time_s") or 0) if checkpoint is not None else 0.0
     started = time.monotonic()
@@ -138,9 +140,13 @@ def train(config: dict[str, Any], resume: str | None = None) -> Path:
     if status == "interrupted":
         last = run_dir / "checkpoints" / "last.ckpt"
         if last.is_file():
-            command = " ".join(shlex.quote(a) for a in [sys.executable, "train.py", *_without_resume(sys.argv[1:])])
+            command = " ".join(shlex.quote(a) for a in [sys.executable, *_without_resume(sys.argv)])
             raise Interrupted(f"run {run_dir} stopped; its last finished epoch is saved in {last}; continue with: "
                               f"{command} --resume {last}")
+        if checkpoint is None and trainer.is_global_zero:
+            # no epoch to keep: the folder goes, so that the same command (and run_name) starts again cleanly
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise Interrupted(f"run {run_dir.name} stopped before its first epoch finished; nothing was kept")
         raise Interrupted(f"run {run_dir} stopped before its first epoch finished; nothing to resume")
     return run_dir
 
@@ -189,19 +195,24 @@ def _without_resume(args: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging("INFO", lightning=True)
+    # with --print-config, stdout holds the YAML alone (e.g. redirected into a config file); messages go to stderr
+    console = sys.stderr if args.print_config else sys.stdout
+    setup_logging("INFO", lightning=not args.print_config, stream=console)  # Lightning takes seconds to import
     overrides = list(args.overrides)
+    config_path = args.config
     if args.demo:
         from utils.demo import prepare_demo
 
         overrides = prepare_demo(Path("demo")) + overrides
+        # the demo shows the template's recipe, whatever a config.yml of the user's holds
+        config_path = config_path or str(PROJECT_ROOT / TEMPLATE_CONFIG)
     if args.data_path is not None:
-        overrides.append(f"stanford_data_path={args.data_path}")
-    config = load_config(args.config, overrides)
+        overrides.append(f"stanford_data_path={literal(args.data_path)}")
+    config = load_config(config_path, overrides)
     if args.print_config:
         print(dump_yaml(config), end="")
         return 0
-    setup_logging(config["loglevel"], config["logging_dir"], lightning=True)
+    setup_logging(config["loglevel"], config["logging_dir"], lightning=True, stream=console)
     run_dir = train(config, resume=args.resume)
     if args.demo:
         log.info("demo data: demo/raw (generated raw downloads) -> demo/stanford (prepared); "

@@ -130,6 +130,17 @@ class StanfordCarsDataModule(pl.LightningDataModule):
         return UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank,
                                             shuffle=False)
 
+    def _drops_a_batch_of_one(self, sampler: Sampler | None) -> bool:
+        """True when the epoch's last training batch would hold a single image. Batch norm cannot train on one
+        sample per channel (GhostNet's head fails on it), so that image is left out of the epoch instead."""
+        images = len(sampler) if sampler is not None else len(self.datasets["train"])
+        if images % self.batch_size("train") != 1 or images == 1:
+            return False
+        log.warning("the last training batch of each epoch would hold 1 image (%d images per process, batch_size "
+                    "%d), which batch norm cannot train on: it is left out of each epoch (a batch_size that does "
+                    "not leave 1 keeps it)", images, self.batch_size("train"))
+        return True
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         workers = self.num_workers
         sampler = self._sampler(split, shuffle)
@@ -138,6 +149,7 @@ class StanfordCarsDataModule(pl.LightningDataModule):
             batch_size=self.batch_size(split),
             shuffle=shuffle and sampler is None,
             sampler=sampler,
+            drop_last=split == "train" and self._drops_a_batch_of_one(sampler),
             num_workers=workers,
             worker_init_fn=init_worker if workers > 0 else None,
             pin_memory=self.config["pin_memory"] and self.trainer is not None

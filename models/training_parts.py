@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -53,16 +54,46 @@ def check_training_parts(config: dict[str, Any]) -> None:
     if min(config["image_size"]) < minimum:
         raise ConfigError(f"image_size {config['image_size']} is too small for architecture "
                           f"{config['architecture']!r}: it needs at least [{minimum}, {minimum}]")
-    build_loss(config["loss_function"], config["loss_params"])
+    if config["batch_size"] < 2:
+        raise ConfigError("batch_size is 1; batch norm (in every network of models/arch_dict.py) cannot train on one "
+                          "image per batch: use at least 2")
+    loss = build_loss(config["loss_function"], config["loss_params"])
+    try:  # a training step gives the loss logits (batch, classes) and class ids (batch,)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. MSELoss's broadcasting warning, before its error
+            loss(torch.randn(2, 3), torch.tensor([0, 2])).item()
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+        raise ConfigError(f"loss_function {config['loss_function']} cannot take logits (batch, classes) and class "
+                          f"ids (batch,), as training gives it ({' '.join(str(error).split())[:150]})") from None
     probe = build_optimizer(config["optimizer"], config["optimizer_params"], [torch.nn.Parameter(torch.zeros(1))])
     build_scheduler(config["lr_scheduler"], config["lr_scheduler_params"], probe)
 
 
+HARDWARE_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "precision", "sync_batchnorm")
+
+
 def check_hardware(config: dict[str, Any]) -> None:
-    """Settings the chosen hardware cannot run, reported before anything starts."""
+    """Settings the chosen hardware cannot run, reported before anything starts: Lightning's own checks of
+    accelerator, devices, strategy and precision run on a throwaway Trainer (it starts no process)."""
+    import logging
+
+    import pytorch_lightning as pl
+
     on_cpu = config["accelerator"] == "cpu" or (config["accelerator"] == "auto" and not torch.cuda.is_available())
     if config["sync_batchnorm"] and on_cpu:
         raise ConfigError("sync_batchnorm: true needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on the CPU)")
+    lightning_log = logging.getLogger("pytorch_lightning")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)  # the real Trainer prints the same "GPU available" lines right after
+    try:
+        pl.Trainer(**{key: config[key] for key in HARDWARE_KEYS}, logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False)
+    except Exception as error:  # noqa: BLE001 - Lightning raises MisconfigurationException, ValueError, RuntimeError...
+        settings = ", ".join(f"{key}: {config[key]!r}" for key in HARDWARE_KEYS[:5])
+        reason = " ".join(str(error).split())[:300]
+        raise ConfigError(f"this machine cannot run {settings} ({reason})") from None
+    finally:
+        lightning_log.setLevel(level)
 
 
 def build_loss(name: str, params: dict[str, Any] | None) -> torch.nn.Module:

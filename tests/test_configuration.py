@@ -132,3 +132,12 @@ def test_an_os_error_without_errno_is_a_bug_and_keeps_its_traceback() -> None:
 
     with pytest.raises(OSError, match="something odd"):
         run_main(bug, [])
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    from utils.configuration import read_yaml
+
+    path = tmp_path / "latin1.yml"
+    path.write_bytes("description: café\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin1.yml is not UTF-8 text .*save it as UTF-8"):
+        read_yaml(path)

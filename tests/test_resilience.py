@@ -177,3 +177,41 @@ def test_resume_auto_skips_runs_with_nothing_left_to_train(tmp_path: Path) -> No
         find_resume_checkpoint(str(done), config)
     with pytest.raises(ConfigError, match="nothing is left to train"):
         find_resume_checkpoint("auto", {**config, "run_name": "ghost_2"})
+
+
+def test_a_signal_before_the_training_loop_stops_the_run_at_once(data: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """During data setup (on the real data: minutes of image caching) there is no batch to wait for, and Lightning
+    clears its stop flag when it registers its handlers: the signal must stop the run there, not be lost."""
+    from datasets.stanford_data_module import StanfordCarsDataModule
+    from train import Interrupted, train
+    from utils.configuration import load_config
+
+    real_setup = StanfordCarsDataModule.setup
+
+    def setup_interrupted(self, stage: str) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # as `kill` from a terminal while the cache is built
+        time.sleep(0.5)  # the handler runs here
+        real_setup(self, stage)
+
+    monkeypatch.setattr(StanfordCarsDataModule, "setup", setup_interrupted)
+    config = load_config(str(tiny_config(tmp_path, data, run_name="early", num_epochs=3)))
+    with pytest.raises(Interrupted, match="run early stopped before its first epoch finished; nothing was kept"):
+        train(config)
+    assert not (tmp_path / "output" / "early").exists()  # the same command can start again
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def test_resume_by_path_refuses_other_settings_than_the_run_was_trained_with(tmp_path: Path) -> None:
+    config = validate({"output_path": str(tmp_path), "num_epochs": 10})
+    run = make_run(tmp_path, "ghost_1", config, epochs=4, status="interrupted")
+    last = run / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError, match=r"run ghost_1 was trained with other settings \(image_size: \[227, 227\] "
+                                          r"in the run, \[96, 96\] now\); resume it with its own config: --config"):
+        find_resume_checkpoint(str(last), {**config, "image_size": [96, 96]})
+    # hardware, data loading, paths and num_epochs may change: a run moves to another machine or gets longer
+    moved = {**config, "channels_last": True, "precision": "bf16-mixed", "gpu_augmentations": True,
+             "num_workers": 8, "stanford_data_path": "/elsewhere", "num_epochs": 20}
+    assert find_resume_checkpoint(str(last), moved) == last
+    assert find_resume_checkpoint("auto", moved) == last

@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
+import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +69,8 @@ class Kind:
 
 BOOL = Kind(lambda v: isinstance(v, bool), "true or false")
 STR = Kind(lambda v: isinstance(v, str), "a string")
+NAME = Kind(lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*", v) is not None,
+            "a folder name (letters, digits, _ . + -, no /)")
 PATH = Kind(lambda v: isinstance(v, str), "a path (a leading ~ is your home folder)")
 POS_INT = Kind(lambda v: _is_int(v) and v > 0, "a positive integer")
 NON_NEG_INT = Kind(lambda v: _is_int(v) and v >= 0, "a non-negative integer")
@@ -197,7 +201,7 @@ SCHEMA: tuple[Key, ...] = (
         "LabelSmoothingCrossEntropy or a loss class name of `torch.nn`."),
     Key("loss_params", "optimization", None, PARAMS, "Keyword arguments of the loss.", nullable=True),
     # Run and hardware
-    Key("run_name", "run", None, STR,
+    Key("run_name", "run", None, NAME,
         "Run folder name; null = `<architecture>_<YYYYmmddHHMMSS>`, made unique if taken.", nullable=True),
     Key("seed", "run", 42, NON_NEG_INT, "Seed of every random generator (null = not seeded).", nullable=True),
     Key("deterministic", "run", False, BOOL, "Use deterministic algorithms only (slower; identical reruns)."),
@@ -284,6 +288,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return dotted.strip().split("."), value
 
 
+def literal(text: str) -> str:
+    """`text` as a YAML scalar that reads back as exactly that string (for `KEY=VALUE` overrides of paths, which
+    YAML would otherwise turn into numbers, comments after ' #', mappings after ': ' ...)."""
+    return json.dumps(text)  # a JSON string is a double-quoted YAML scalar
+
+
 def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `KEY=VALUE` / `a.b.c=VALUE` overrides to a copy of `config`."""
     config = copy.deepcopy(config)
@@ -314,6 +324,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"cannot read config file {str(path)!r}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from datasets.prepare import prepare_dataset
 from datasets.synthetic import make_synthetic
+from utils.configuration import literal
 
 log = logging.getLogger("cars")
 
@@ -28,11 +29,11 @@ def prepare_demo(base: Path) -> list[str]:
                        overwrite=True)
     prepare_dataset(raw, prepared)
     return [
-        f"stanford_raw_data_path={raw}",
-        f"stanford_data_path={prepared}",
-        f"output_path={base / 'output'}",
-        f"logging_dir={base / 'logs'}",
-        f"mlflow_tracking_uri=sqlite:///{(base / 'mlruns.db').as_posix()}",
+        f"stanford_raw_data_path={literal(str(raw))}",
+        f"stanford_data_path={literal(str(prepared))}",
+        f"output_path={literal(str(base / 'output'))}",
+        f"logging_dir={literal(str(base / 'logs'))}",
+        f"mlflow_tracking_uri={literal('sqlite:///' + (base / 'mlruns.db').as_posix())}",
         "image_size=[64, 64]",
         "batch_size=32",
         "num_epochs=30",

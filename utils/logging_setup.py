@@ -6,6 +6,7 @@ import logging
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import TextIO
 
 LOGGER_NAME = "cars"
 LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning_fabric")
@@ -16,10 +17,10 @@ def _not_an_advert(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("💡")
 
 
-def setup_logging(level: str = "INFO", logging_dir: str | Path | None = None, lightning: bool = False
-                  ) -> Path | None:
+def setup_logging(level: str = "INFO", logging_dir: str | Path | None = None, lightning: bool = False,
+                  stream: TextIO | None = None) -> Path | None:
     """Log `cars` (and, with `lightning`, Lightning's) messages to the console and, when a folder is given, to
-    `<dir>/<YYYYMMDD>.log`.
+    `<dir>/<YYYYMMDD>.log`; the console is `stream` (default: stdout).
 
     Returns the log file's path, or None. Calling it again replaces the handlers it installed before. With
     `lightning`, in DDP processes other than rank 0 only warnings reach the console and nothing reaches the file;
@@ -41,7 +42,7 @@ def setup_logging(level: str = "INFO", logging_dir: str | Path | None = None, li
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
-    console = logging.StreamHandler(sys.stdout)
+    console = logging.StreamHandler(stream or sys.stdout)
     console.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(console)
     log_file = None

@@ -17,20 +17,16 @@ import torch
 import yaml
 from pytorch_lightning.callbacks import Callback
 
-from utils.configuration import masked
+from utils.configuration import SCHEMA, defaults, masked
 from utils.errors import ConfigError
 from utils.run_outputs import epochs_done, read_summary
 
 log = logging.getLogger("cars")
 
-# Keys that do not change what a run computes: a run may be resumed with other values for them.
-NON_RECIPE_KEYS = {
-    "run_name", "loglevel", "logging_dir", "log_to_neptune", "neptune_username", "neptune_project_name",
-    "neptune_api_token", "neptune_mode", "log_to_mlflow", "mlflow_tracking_uri", "experiment_name", "tags",
-    "description", "stanford_raw_data_path", "stanford_data_path", "output_path", "cache_dir", "num_epochs",
-    "accelerator", "devices", "num_nodes", "strategy", "num_workers", "pin_memory", "persistent_workers",
-    "prefetch_factor", "cache_images",
-}
+# Keys a run may be resumed with other values for: where things are, what is logged where, on what hardware and how
+# data is loaded (so a run can move to another machine), and how many epochs it runs (so it can be extended).
+NON_RECIPE_SECTIONS = ("paths", "logging", "hardware", "data_loading")
+NON_RECIPE_KEYS = {key.name for key in SCHEMA if key.section in NON_RECIPE_SECTIONS} | {"run_name", "num_epochs"}
 
 
 def recipe(config: dict[str, Any]) -> dict[str, Any]:
@@ -41,6 +37,24 @@ def recipe(config: dict[str, Any]) -> dict[str, Any]:
 def run_dir_of(checkpoint: Path) -> Path:
     """`<run>/checkpoints/last.ckpt` -> `<run>`."""
     return checkpoint.resolve().parent.parent
+
+
+def _check_same_recipe(spec: str, checkpoint: Path, config: dict[str, Any]) -> None:
+    """A run continues with the settings it was trained with: other values for its recipe keys are refused."""
+    run_dir = run_dir_of(checkpoint)
+    try:
+        saved = yaml.safe_load((run_dir / "config.yml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"--resume {spec}: cannot read {run_dir / 'config.yml'} ({error})") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"--resume {spec}: {run_dir / 'config.yml'} is not a config")
+    theirs, ours = recipe({**defaults(), **saved}), recipe(config)  # keys added since the run: their defaults
+    differing = sorted(key for key in theirs.keys() | ours.keys() if theirs.get(key) != ours.get(key))
+    if differing:
+        changes = "; ".join(f"{key}: {theirs.get(key)!r} in the run, {ours.get(key)!r} now" for key in differing[:5])
+        raise ConfigError(f"--resume {spec}: run {run_dir.name} was trained with other settings ({changes}"
+                          f"{'; ...' if len(differing) > 5 else ''}); resume it with its own config: --config "
+                          f"{run_dir / 'config.yml'} (add --set num_epochs=N to extend it)")
 
 
 def _epochs_left(checkpoint: Path, config: dict[str, Any]) -> int:
@@ -66,6 +80,7 @@ def find_resume_checkpoint(spec: str, config: dict[str, Any]) -> Path:
             raise ConfigError(f"--resume {spec}: no such checkpoint file")
         if not (run_dir_of(path) / "config.yml").is_file():
             raise ConfigError(f"--resume {spec}: not inside a run folder (<run>/checkpoints/last.ckpt)")
+        _check_same_recipe(spec, path, config)
         if _epochs_left(path, config) <= 0:
             raise _nothing_left(spec, path, config)
         return path
@@ -74,6 +89,7 @@ def find_resume_checkpoint(spec: str, config: dict[str, Any]) -> Path:
         path = output / config["run_name"] / "checkpoints" / "last.ckpt"
         if not path.is_file():
             raise ConfigError(f"--resume auto: run {config['run_name']!r} has no {path} to resume from")
+        _check_same_recipe(spec, path, config)
         if _epochs_left(path, config) <= 0:
             raise _nothing_left(spec, path, config)
         return path
@@ -84,7 +100,7 @@ def find_resume_checkpoint(spec: str, config: dict[str, Any]) -> Path:
             saved = yaml.safe_load((run_dir_of(path) / "config.yml").read_text())
         except (OSError, yaml.YAMLError):
             continue
-        if isinstance(saved, dict) and recipe(saved) == wanted:
+        if isinstance(saved, dict) and recipe({**defaults(), **saved}) == wanted:
             same_recipe.append(path)
     candidates = [path for path in same_recipe if _epochs_left(path, config) > 0
                   and read_summary(run_dir_of(path)).get("status") != "early_stopped"]
@@ -123,21 +139,29 @@ class RngStateCheckpoint(Callback):
             torch.cuda.set_rng_state_all(states["cuda"])
 
 
-class GracefulInterrupt:
+class GracefulInterrupt(Callback):
     """First SIGINT/SIGTERM: stop at the next batch boundary, so that no checkpoint is cut in half; Lightning then
     shuts down and our cleanup (plots, summary, trackers) runs. Second signal: exit at once.
 
     Lightning already turns SIGTERM into a stop at the next batch (its `received_sigterm` flag); SIGINT is routed the
-    same way instead of raising KeyboardInterrupt wherever the program happens to be.
+    same way instead of raising KeyboardInterrupt wherever the program happens to be. Before the training loop runs
+    (data setup and the image cache build, checkpoint restore), there is no batch to wait for and Lightning would
+    clear the flag when it registers its handlers: a signal then stops at once (KeyboardInterrupt, which Lightning
+    shuts down from). Pass the object to the Trainer's callbacks, so that it knows when the loop starts.
     """
 
-    def __init__(self, trainer: pl.Trainer) -> None:
+    def __init__(self, trainer: pl.Trainer | None = None) -> None:
         self.trainer = trainer
         self.signum: int | None = None
+        self.loop_running = False
 
-    def install(self) -> None:
+    def install(self, trainer: pl.Trainer | None = None) -> None:
+        self.trainer = trainer or self.trainer
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._handle)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.loop_running = True
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
@@ -145,11 +169,13 @@ class GracefulInterrupt:
             print(f"\nsecond {name}: exiting at once", file=sys.stderr, flush=True)
             os._exit(128 + signum)
         self.signum = signum
-        print(f"\n{name} received: stopping at the next batch (send it again to exit at once)",
-              file=sys.stderr, flush=True)
-        if self.trainer.training or self.trainer.validating:
-            self.trainer._signal_connector.received_sigterm = True
+        trainer = self.trainer
+        if self.loop_running and trainer is not None and (trainer.training or trainer.validating):
+            print(f"\n{name} received: stopping at the next batch (send it again to exit at once)",
+                  file=sys.stderr, flush=True)
+            trainer._signal_connector.received_sigterm = True
         else:
+            print(f"\n{name} received: stopping", file=sys.stderr, flush=True)
             raise KeyboardInterrupt
 
     def reinstall(self) -> None:

@@ -36,8 +36,13 @@ def create_run_dir(output_path: Path, run_name: str | None, architecture: str) -
         try:
             run_dir.mkdir()
         except FileExistsError:
-            raise ConfigError(f"run folder {run_dir} already exists: choose another run_name, "
-                              f"or continue it with --resume auto") from None
+            if (run_dir / "checkpoints" / "last.ckpt").is_file():
+                raise ConfigError(f"run folder {run_dir} already exists: choose another run_name, "
+                                  f"or continue it with --resume auto") from None
+            raise ConfigError(f"run folder {run_dir} already exists and holds no checkpoint to continue: choose "
+                              "another run_name, or remove the folder") from None
+        except OSError as error:
+            raise ConfigError(f"run_name {run_name!r}: cannot create {run_dir} ({error.strerror})") from None
         return run_dir
     base = default_run_name(architecture)
     for suffix in ["", *(f"_{i}" for i in range(1, 1000))]:
