@@ -175,7 +175,8 @@ SCHEMA: tuple[Key, ...] = (
         nullable=True),
     # Network and training
     Key("architecture", "network", "ghost", STR, "A name of `models/arch_dict.py` (e.g. ghost, mob_v2, eff_b0)."),
-    Key("batch_size", "network", 64, POS_INT, "Images per training batch (per device)."),
+    Key("batch_size", "network", 64, POS_INT, "Images per training batch (per device), at least 2 (batch norm). "
+        "When an epoch would end with a batch of one image, that image is left out of the epoch (with a warning)."),
     Key("valid_batch_size", "network", None, POS_INT,
         "Images per validation batch (per device); null = 4 x batch_size. Validation keeps no activations for a "
         "backward pass, so larger batches fit, and in eval mode the results do not depend on the batch size; "
