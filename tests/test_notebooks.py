@@ -90,11 +90,14 @@ def test_train_colab_notebook_rerun_resumes_a_run_cut_off_by_a_disconnect(tmp_pa
     execute(with_parameters(ROOT / "train_colab.ipynb", parameters), tmp_path, timeout=600)
     run_dirs = [path.parent for path in output.glob("*/metrics.csv")]
     assert len(run_dirs) == 1
-    # A disconnect kills train.py before it writes summary.json: rerunning the notebook continues that run.
+    # A 2-epoch run killed by a disconnect after its first epoch: last.ckpt of epoch 1, no summary.json (the
+    # disconnect gave train.py no chance to write it). Rerunning the notebook continues that run.
     (run_dirs[0] / "summary.json").unlink()
+    parameters["EXTRA_ARGS"] = [*parameters["EXTRA_ARGS"], "num_epochs=2"]
     printed = stdout_of(execute(with_parameters(ROOT / "train_colab.ipynb", parameters), tmp_path, timeout=600))
     assert "--resume auto" in printed and f"resuming run {run_dirs[0].name}" in printed, printed[-3000:]
     assert [path.parent for path in output.glob("*/metrics.csv")] == run_dirs
+    assert pd.read_csv(run_dirs[0] / "metrics.csv")["epoch"].tolist() == [0, 1]
     assert json.loads((run_dirs[0] / "summary.json").read_text())["status"] == "finished"
 
 
