@@ -7,20 +7,17 @@ See documentation/dataset.md.
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 from pathlib import Path
 
 from datasets.prepare import prepare_dataset
-from datasets.synthetic import LAYOUTS, make_synthetic
+from datasets.synthetic import LAYOUTS, MAX_SIZE, MIN_SIZE, make_synthetic
 from utils.cli import run_main
 from utils.configuration import is_placeholder, load_config
 from utils.errors import ConfigError
 from utils.logging_setup import setup_logging
 
 log = logging.getLogger("cars")
-SIZES = {name: parameter.default for name, parameter in inspect.signature(make_synthetic).parameters.items()
-         if name in ("min_size", "max_size")}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -46,11 +43,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     synthetic.add_argument("--train-per-class", type=int, default=6, help="train images per class (default: 6)")
     synthetic.add_argument("--test-per-class", type=int, default=4, help="test images per class (default: 4)")
     synthetic.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    synthetic.add_argument("--min-size", type=int, default=SIZES["min_size"],
-                           help=f"smallest image side in px (default: {SIZES['min_size']})")
-    synthetic.add_argument("--max-size", type=int, default=SIZES["max_size"],
-                           help=f"largest image side in px (default: {SIZES['max_size']}; above 255, boxes reach "
-                                "numbers stored as uint16, as in the real files)")
+    synthetic.add_argument("--min-size", type=int, default=MIN_SIZE,
+                           help=f"smallest image side in px (default: {MIN_SIZE})")
+    synthetic.add_argument("--max-size", type=int, default=MAX_SIZE,
+                           help=f"largest image side in px (default: {MAX_SIZE}; above 255, boxes reach numbers "
+                                "stored as uint16, as in the real files)")
     return parser.parse_args(argv)
 
 

@@ -29,6 +29,8 @@ from datasets.class_names import STANFORD_CARS_CLASS_NAMES
 from utils.errors import DataError
 
 LAYOUTS = ("updated", "original")
+# Image sides in px: above 255, box coordinates are numbers MATLAB stores as uint16, as in the real files.
+MIN_SIZE, MAX_SIZE = 64, 320
 RAW_FILES = {"updated": ("car_devkit.tgz", "car_ims.tgz", "cars_annos.mat"),
              "original": ("car_devkit.tgz", "cars_train.tgz", "cars_test.tgz", "cars_test_annos_withlabels.mat")}
 MTIME = 1387000000  # December 2013, when the original devkit was published
@@ -186,7 +188,7 @@ def _write_devkit(out_dir: Path, train: list[SyntheticImage], test: list[Synthet
 
 
 def make_synthetic(out_dir: Path, layout: str = "updated", classes: int = 10, train_per_class: int = 6,
-                   test_per_class: int = 4, seed: int = 0, min_size: int = 64, max_size: int = 320,
+                   test_per_class: int = 4, seed: int = 0, min_size: int = MIN_SIZE, max_size: int = MAX_SIZE,
                    distinct_per_class: int | None = None, overwrite: bool = False) -> Path:
     """Write a synthetic raw download of `layout` ('updated' or 'original') into `out_dir`; return `out_dir`.
 

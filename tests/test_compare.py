@@ -58,3 +58,13 @@ def test_default_table_covers_every_registered_architecture(capsys):
     main(["--image-size", "32", "32", "--runs", "1"])
     rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert rows[1:] == list(get_architectures_dictionary())
+
+
+@pytest.mark.parametrize("args", [["--runs", "0"], ["--num-classes", "-3"], ["--num-classes", "x"]])
+def test_counts_that_are_not_positive_are_refused_by_the_parser(args: list[str], capsys) -> None:
+    from models.compare import parse_args
+
+    with pytest.raises(SystemExit) as exited:
+        parse_args(args)
+    assert exited.value.code == 2
+    assert "is not a positive integer" in capsys.readouterr().err
