@@ -152,9 +152,9 @@ def _check_replaceable(data_dir: Path, tables: dict[str, pd.DataFrame], force: b
     if data_dir.exists() and not data_dir.is_dir():
         raise DataError(f"data path {str(data_dir)!r} is a file; set stanford_data_path (or pass --data-path) to a "
                         "folder")
-    other = [labels_csv(data_dir, split).name for split, table in tables.items()
-             if labels_csv(data_dir, split).is_file()
-             and labels_csv(data_dir, split).read_text(encoding="utf-8") != _csv_text(table)]
+    csvs = {split: labels_csv(data_dir, split) for split in tables}
+    other = [csv.name for split, csv in csvs.items()
+             if csv.is_file() and csv.read_text(encoding="utf-8") != _csv_text(tables[split])]
     extra = _extra_files(data_dir, tables)
     if force:
         for path in extra:

@@ -27,6 +27,7 @@ from PIL import Image
 
 from datasets.class_names import STANFORD_CARS_CLASS_NAMES
 from utils.errors import DataError
+from utils.files import write_bytes_atomic
 
 LAYOUTS = ("updated", "original")
 # Image sides in px: above 255, box coordinates are numbers MATLAB stores as uint16, as in the real files.
@@ -161,12 +162,6 @@ def _write_tgz(path: Path, folder: str, files: list[tuple[str, bytes]], compress
     os.replace(temporary, path)
 
 
-def _write_mat(path: Path, variables: dict[str, np.ndarray]) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(_mat_bytes(variables))
-    os.replace(temporary, path)
-
-
 def _original_order(images: list[SyntheticImage], test: bool, rng: np.random.Generator) -> list[SyntheticImage]:
     split = [image for image in images if image.test == test]
     return [split[i] for i in rng.permutation(len(split))]
@@ -227,7 +222,8 @@ def make_synthetic(out_dir: Path, layout: str = "updated", classes: int = 10, tr
                                                                enumerate(train, 1)])
         _write_tgz(out_dir / "cars_test.tgz", "cars_test", [(f"{i:05d}.jpg", im.jpeg) for i, im in
                                                              enumerate(test, 1)])
-        _write_mat(out_dir / "cars_test_annos_withlabels.mat", {"annotations": _struct_array(rows, fields)})
+        write_bytes_atomic(out_dir / "cars_test_annos_withlabels.mat",
+                           _mat_bytes({"annotations": _struct_array(rows, fields)}))
         return out_dir
     # the updated release lists images by class, train and test mixed
     mixed = [images[i] for i in order_rng.permutation(len(images))]
@@ -237,5 +233,5 @@ def make_synthetic(out_dir: Path, layout: str = "updated", classes: int = 10, tr
             for i, im in enumerate(ordered, 1)]
     annos = {"annotations": _struct_array(rows, fields), "class_names": _class_names_cell()}
     _write_tgz(out_dir / "car_ims.tgz", "car_ims", [(f"{i:06d}.jpg", im.jpeg) for i, im in enumerate(ordered, 1)])
-    _write_mat(out_dir / "cars_annos.mat", annos)
+    write_bytes_atomic(out_dir / "cars_annos.mat", _mat_bytes(annos))
     return out_dir

@@ -6,15 +6,20 @@ import os
 from pathlib import Path
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write via a temporary file, flushed to disk, then renamed: readers never see half a file, and a crash leaves
     either the old file or the new one."""
     temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
+    with open(temporary, "wb") as handle:
+        handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """`text` as UTF-8, written as `write_bytes_atomic` does."""
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def checkpoint_path_problem(path: Path) -> str | None:

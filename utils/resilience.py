@@ -39,16 +39,22 @@ def run_dir_of(checkpoint: Path) -> Path:
     return checkpoint.resolve().parent.parent
 
 
+def _saved_recipe(run_dir: Path) -> dict[str, Any] | None:
+    """The recipe of the run's config.yml (keys added to the schema since the run take their defaults), or None
+    when it cannot be read as a config."""
+    try:
+        saved = yaml.safe_load((run_dir / "config.yml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return recipe({**defaults(), **saved}) if isinstance(saved, dict) else None
+
+
 def _check_same_recipe(spec: str, checkpoint: Path, config: dict[str, Any]) -> None:
     """A run continues with the settings it was trained with: other values for its recipe keys are refused."""
     run_dir = run_dir_of(checkpoint)
-    try:
-        saved = yaml.safe_load((run_dir / "config.yml").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ConfigError(f"--resume {spec}: cannot read {run_dir / 'config.yml'} ({error})") from None
-    if not isinstance(saved, dict):
-        raise ConfigError(f"--resume {spec}: {run_dir / 'config.yml'} is not a config")
-    theirs, ours = recipe({**defaults(), **saved}), recipe(config)  # keys added since the run: their defaults
+    theirs, ours = _saved_recipe(run_dir), recipe(config)
+    if theirs is None:
+        raise ConfigError(f"--resume {spec}: {run_dir / 'config.yml'} cannot be read as a config")
     differing = sorted(key for key in theirs.keys() | ours.keys() if theirs.get(key) != ours.get(key))
     if differing:
         changes = "; ".join(f"{key}: {theirs.get(key)!r} in the run, {ours.get(key)!r} now" for key in differing[:5])
@@ -94,14 +100,7 @@ def find_resume_checkpoint(spec: str, config: dict[str, Any]) -> Path:
             raise _nothing_left(spec, path, config)
         return path
     wanted = recipe(config)
-    same_recipe = []
-    for path in output.glob("*/checkpoints/last.ckpt"):
-        try:
-            saved = yaml.safe_load((run_dir_of(path) / "config.yml").read_text())
-        except (OSError, yaml.YAMLError):
-            continue
-        if isinstance(saved, dict) and recipe({**defaults(), **saved}) == wanted:
-            same_recipe.append(path)
+    same_recipe = [path for path in output.glob("*/checkpoints/last.ckpt") if _saved_recipe(run_dir_of(path)) == wanted]
     candidates = [path for path in same_recipe if _epochs_left(path, config) > 0
                   and read_summary(run_dir_of(path)).get("status") != "early_stopped"]
     if not candidates:
@@ -150,12 +149,13 @@ class GracefulInterrupt(Callback):
     shuts down from). Pass the object to the Trainer's callbacks, so that it knows when the loop starts.
     """
 
-    def __init__(self, trainer: pl.Trainer | None = None) -> None:
-        self.trainer = trainer
+    def __init__(self) -> None:
+        self.trainer: pl.Trainer | None = None
         self.signum: int | None = None
         self.loop_running = False
 
     def install(self, trainer: pl.Trainer | None = None) -> None:
+        """Route SIGINT and SIGTERM here; `trainer` is the one to stop (kept from an earlier call when None)."""
         self.trainer = trainer or self.trainer
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._handle)
