@@ -1,28 +1,66 @@
 #!/usr/bin/env bash
-# Everything to check and measure on a CUDA machine, most valuable first: the CUDA tests, Lightning's host time per
-# step, training throughput (model-only vs full pipeline, compile off, then on), real epochs with compile on (the
-# C-50 projection, compilation included), then where the training loop waits for the GPU, the data pipeline, real
-# epochs with compile off and compile's CUDA graphs. Each step's whole output goes to $OUT/<step>.log (default
-# ./gpu-logs); its tail is printed.
+# Everything to check and measure on a CUDA machine, in one call: the steps named run in the order given, each
+# under its own time limit and all within BUDGET seconds (default 560), so that a call of the device tool's
+# 600 s returns with every log. Each step's whole output goes to $OUT/<step>.log (default ./gpu-logs); its tail
+# is printed.
 #
-#     bash benchmarks/gpu_session.sh [step ...]      (default: every step)
+#     bash benchmarks/gpu_session.sh [step ...]      (default: data tests throughput compile-epochs profile)
 #
-# Steps: tests overhead throughput compile compile-epochs syncs pipeline epochs compile-graphs. On an H100
-# (2026-11-26) tests, syncs, pipeline, throughput (both precisions) and epochs took about 7 minutes together; compile
-# did not finish in the 2 minutes left of that call, so give the compile steps a call of their own, e.g.
-# `tests overhead throughput` in one call and `compile compile-epochs` in the next. throughput and compile print
-# each setting as it is measured, the epoch steps each epoch (in $OUT/<step>.log).
+# Steps:
+#   data            generates the benchmarks' images in the background (CPU only), so that they are ready when
+#                   the first timed step starts; timed steps wait for it
+#   tests           the CUDA tests (correctness on the GPU; runs while data is generated)
+#   throughput      model-only vs full pipeline, fp32, channels_last on, compile off and on (the config's
+#                   compile_mode, reduce-overhead: CUDA graphs)
+#   compile-default the same with compile_mode default (slower than eager on an H100, 2026-11-26)
+#   compile-epochs  real epochs of train() with compile on (COMPILE_MODE overrides the mode): the C-50 projection,
+#                   compilation included; on a fresh machine the compile caches are cold, as on a user's first run
+#   profile         where a full-pipeline step spends its time, compile on: the host per Lightning action, the GPU
+#                   busy share and its kernels (profile-eager: the same, compile off)
+#   overhead syncs pipeline epochs   Lightning's host time per step, host-device syncs per batch, the data
+#                   pipeline, real epochs with compile off
+# Scaled down for a dry run on a CPU (no verdicts then):
+#   BATCHES=20 SIZE=64 BATCH=8 TRAIN=48 TEST=24 EPOCHS=2 bash benchmarks/gpu_session.sh data throughput compile-epochs
 set -u
 OUT=${OUT:-gpu-logs}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
+BUDGET=${BUDGET:-560}
+BATCHES=${BATCHES:-100}
+SIZE=${SIZE:-227}
+BATCH=${BATCH:-64}
+TRAIN=${TRAIN:-8144}   # C-50's split sizes for the epoch steps
+TEST=${TEST:-8041}
+EPOCHS=${EPOCHS:-3}
+BENCH="--batches $BATCHES --image-size $SIZE --batch-size $BATCH --precisions 32-true --channels-last on"
+BENCH_DATA=/tmp/cars-bench-throughput
+EPOCH_DATA=/tmp/cars-bench-epochs
+PROFILE_DATA=/tmp/cars-bench-profile
 # The fastest setting measured on an H100 (2026-11-26): fp32 beat bf16-mixed there (see documentation/performance.md).
-FAST="gpu_augmentations=true channels_last=true"
+FAST="gpu_augmentations=true channels_last=true image_size=[$SIZE,$SIZE] batch_size=$BATCH"
+START=$(date +%s)
+DATA_PID=""
+
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+
+wait_for_data() {
+    if [ -n "$DATA_PID" ]; then
+        wait "$DATA_PID"
+        echo "--- data: ready after $(($(date +%s) - START)) s (exit $?)"
+        DATA_PID=""
+    fi
+}
 
 step() {
-    local name=$1 limit=$2 start rc
+    local name=$1 limit=$2 start rc remaining
     shift 2
+    remaining=$(($(left) - 5))
+    if [ "$remaining" -lt 30 ]; then
+        echo "=== $name: skipped, ${remaining} s of the budget left"
+        return
+    fi
+    [ "$limit" -gt "$remaining" ] && limit=$remaining
     echo "=== $name (limit ${limit} s): $*"
     start=$(date +%s)
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
@@ -31,9 +69,8 @@ step() {
     grep -v "it/s\]\|s/it\]" "$OUT/$name.log" | tail -n "${TAIL:-22}"
 }
 
-want() { [ -z "$WANTED" ] || [[ " $WANTED " == *" $1 "* ]]; }
-WANTED=" $* "
-[ $# -eq 0 ] && WANTED=""
+want() { [[ " $WANTED " == *" $1 "* ]]; }
+WANTED=" ${*:-data tests throughput compile-epochs profile} "
 
 {
     date -u
@@ -44,23 +81,38 @@ torch.__version__, torchvision.__version__, pytorch_lightning.__version__, torch
 } >"$OUT/env.log" 2>&1
 cat "$OUT/env.log"
 
-want tests && step tests 200 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+if want data; then
+    # The sizes training_throughput asks for with compile on: (5 warm-up + BATCHES) x BATCH per split.
+    $PY -c "
+from pathlib import Path
+from benchmarks.common import generate_prepared
+count = (5 + $BATCHES) * $BATCH
+generate_prepared(Path('$BENCH_DATA'), count, count)
+generate_prepared(Path('$EPOCH_DATA'), $TRAIN, $TEST)
+generate_prepared(Path('$PROFILE_DATA'), (10 + $BATCHES) * $BATCH, $BATCH)  # step_profile's, 10 warm-up batches
+" >"$OUT/data.log" 2>&1 &
+    DATA_PID=$!
+fi
+
+want tests && step tests 100 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py \
     "tests/test_device_augment.py::test_cuda_batch_stays_on_device_and_seeds_reproduce"
-# Lightning's host time per step on this machine's CPU (about 10 s).
+wait_for_data
+want throughput && step throughput 240 $PY -m benchmarks.training_throughput $BENCH --compile both \
+    --data-dir $BENCH_DATA
+want compile-default && step compile-default 240 $PY -m benchmarks.training_throughput $BENCH --compile on \
+    --compile-mode default --data-dir $BENCH_DATA
+# Real epochs: the first pays the compilation, later ones show the steady rate; the projection counts it once.
+want compile-epochs && step compile-epochs 420 $PY -m benchmarks.epoch_time --epochs "$EPOCHS" --train-images "$TRAIN" \
+    --test-images "$TEST" --data-dir $EPOCH_DATA --set $FAST compile=true ${COMPILE_MODE:+compile_mode=$COMPILE_MODE}
+want profile && step profile 150 $PY -m benchmarks.step_profile --batches $BATCHES --data-dir $PROFILE_DATA \
+    --set $FAST compile=true
+want profile-eager && step profile-eager 100 $PY -m benchmarks.step_profile --batches $BATCHES \
+    --data-dir $PROFILE_DATA --set $FAST
 want overhead && step overhead 60 $PY -m benchmarks.loop_overhead --rounds 3
-# fp32 only: bf16-mixed was slower than fp32 for GhostNet on the H100 (2026-11-26).
-want throughput && step throughput 240 $PY -m benchmarks.training_throughput --batches 100 --compile off \
-    --precisions 32-true --data-dir /tmp/cars-bench-throughput
-want compile && step compile 420 $PY -m benchmarks.training_throughput --batches 100 --compile on \
-    --precisions 32-true --channels-last on --data-dir /tmp/cars-bench-throughput
-# Real epochs with compile on: the first pays the compilation (and the last batch's recompile), later ones show
-# the steady rate; the C-50 projection counts the compilation once.
-want compile-epochs && step compile-epochs 420 $PY -m benchmarks.epoch_time --epochs 3 \
-    --data-dir /tmp/cars-bench-epochs --set $FAST compile=true
-want syncs && step syncs 120 $PY -m benchmarks.sync_report --batches 20 --set $FAST
+want syncs && step syncs 120 $PY -m benchmarks.sync_report --batches 20 --set gpu_augmentations=true channels_last=true
 want pipeline && step pipeline 150 $PY -m benchmarks.data_pipeline --images 1024 --epochs 3
-want epochs && step epochs 200 $PY -m benchmarks.epoch_time --epochs 4 --data-dir /tmp/cars-bench-epochs --set $FAST
-# CUDA graphs (torch.compile's reduce-overhead mode): replays each step's kernels without launching them one by one.
-want compile-graphs && step compile-graphs 420 $PY -m benchmarks.training_throughput --batches 100 --compile on \
-    --compile-mode reduce-overhead --precisions 32-true --channels-last on --data-dir /tmp/cars-bench-throughput
+want epochs && step epochs 200 $PY -m benchmarks.epoch_time --epochs 4 --train-images "$TRAIN" --test-images "$TEST" \
+    --data-dir $EPOCH_DATA --set $FAST
+wait_for_data
+echo "=== done after $(($(date +%s) - START)) s"
 exit 0

@@ -173,3 +173,23 @@ def test_the_device_row_runs_the_modules_own_preprocessing() -> None:
     out = data_pipeline.device_consumer(config, torch.device("cpu"))([images, torch.zeros(4), drawn])
     module = NetModule.from_config(config, 3, ["a", "b", "c"])
     torch.testing.assert_close(out, module.preprocess(images, train=True, drawn=drawn))
+
+
+def test_step_profile_reports_the_hosts_time_per_lightning_action() -> None:
+    output = run_script("benchmarks.step_profile", "--batches", "3", "--warmup", "1",
+                        "--set", "image_size=[32,32]", "batch_size=4", "num_workers=0", "accelerator=cpu")
+    rows = {row[0]: float(row[1]) for row in table_rows(output)}
+    step = rows["run_training_batch"]
+    for part in ("[Strategy]SingleDeviceStrategy.training_step", "[Strategy]SingleDeviceStrategy.backward",
+                 "[LightningModule]NetModule.on_after_batch_transfer"):
+        assert 0 < rows[part] <= step  # nested in the training batch, or (the preprocessing) run before it
+    wall = float(re.search(rf"wall time ({NUMBER}) ms per step", output).group(1))
+    assert step <= wall
+    assert "no CUDA GPU in use" in output
+
+
+def test_busy_seconds_counts_overlapping_kernels_once() -> None:
+    from benchmarks.step_profile import busy_seconds
+
+    assert busy_seconds([(5.0, 6.0), (0.0, 2.0), (1.0, 3.0), (1.5, 2.5)]) == pytest.approx(4.0)
+    assert busy_seconds([]) == 0
