@@ -40,7 +40,7 @@ class NetModule(pl.LightningModule):
                  lr_scheduler: str | None = None, lr_scheduler_params: dict | None = None,
                  normalization: dict | None = None, device_augmentations: dict | None = None,
                  image_size: tuple[int, int] = (227, 227), class_names: list[str] | None = None,
-                 channels_last: bool = False, compile: bool = False, compile_mode: str = "default") -> None:
+                 channels_last: bool = False, compile: bool = False, compile_mode: str = "reduce-overhead") -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = build_architecture(architecture, num_classes=num_classes, img_channels=img_channels,
@@ -126,6 +126,10 @@ class NetModule(pl.LightningModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, targets, *drawn = batch  # the train loader adds drawn parameters with gpu_augmentations
+        if self._compiled_net is not None and self.hparams.compile_mode == "reduce-overhead":
+            # CUDA graphs reuse their output memory on each replay: telling torch where a step begins lets it reuse
+            # the last step's instead of failing on outputs still alive (Lightning's loop is not a plain for loop).
+            torch.compiler.cudagraph_mark_step_begin()
         return self.preprocess(images, train=self.trainer.training, drawn=drawn[0] if drawn else None), targets
 
     def _step(self, batch: Any, stage: str) -> torch.Tensor:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pickle
+from types import SimpleNamespace
 
+import pytest
 import torch
 
 from models.net_module import NetModule
@@ -89,3 +91,19 @@ def test_compile_mode_reaches_torch_compile_for_the_network_and_the_preprocessin
     config = validate({"compile": True, "compile_mode": "reduce-overhead"})
     NetModule.from_config(config, 5, [str(i) for i in range(5)])
     assert calls == [{"mode": "reduce-overhead"}] * 2
+
+
+@pytest.mark.parametrize(("compile", "mode", "marks"), [(True, "reduce-overhead", 1), (True, "default", 0),
+                                                        (False, "reduce-overhead", 0)])
+def test_each_batch_starts_a_cuda_graph_step_only_when_cuda_graphs_are_compiled(monkeypatch, compile, mode,
+                                                                                 marks) -> None:
+    """CUDA graphs reuse their outputs' memory on replay: each batch tells torch that a new step begins."""
+    monkeypatch.setattr(torch, "compile", lambda target, **options: target)
+    begun = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: begun.append(1))
+    config = validate({"compile": compile, "compile_mode": mode, "image_size": [16, 16]})
+    module = NetModule.from_config(config, 5, [str(i) for i in range(5)])
+    module.trainer = SimpleNamespace(training=True)
+    images, targets = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8), torch.tensor([0, 1])
+    out, _ = module.on_after_batch_transfer((images, targets), 0)
+    assert out.dtype == torch.float32 and len(begun) == marks
