@@ -4,17 +4,19 @@
 # 600 s returns with every log. Each step's whole output goes to $OUT/<step>.log (default ./gpu-logs); its tail
 # is printed.
 #
-#     bash benchmarks/gpu_session.sh [step ...]      (default: data tests throughput compile-epochs profile)
+#     bash benchmarks/gpu_session.sh [step ...]      (default: data tests compile-epochs throughput profile graph-test)
 #
 # Steps:
 #   data            generates the benchmarks' images in the background (CPU only), so that they are ready when
 #                   the first timed step starts; timed steps wait for it
-#   tests           the CUDA tests (correctness on the GPU; runs while data is generated)
+#   tests           the CUDA tests (correctness on the GPU; runs while data is generated), but the one that compiles
+#   graph-test      that one: compiled training steps under CUDA graphs against eager ones
 #   throughput      model-only vs full pipeline, fp32, channels_last on, compile off and on (the config's
 #                   compile_mode, reduce-overhead: CUDA graphs)
 #   compile-default the same with compile_mode default (slower than eager on an H100, 2026-11-26)
 #   compile-epochs  real epochs of train() with compile on (COMPILE_MODE overrides the mode): the C-50 projection,
-#                   compilation included; on a fresh machine the compile caches are cold, as on a user's first run
+#                   compilation included; run first, while torch.compile's caches on a fresh machine are cold, as
+#                   on a user's first run (on an H100: 129 s of compilation cold, 52 s warm, 2026-11-26)
 #   profile         where a full-pipeline step spends its time, compile on: the host per Lightning action, the GPU
 #                   busy share and its kernels (profile-eager: the same, compile off)
 #   overhead syncs pipeline epochs   Lightning's host time per step, host-device syncs per batch, the data
@@ -70,7 +72,7 @@ step() {
 }
 
 want() { [[ " $WANTED " == *" $1 "* ]]; }
-WANTED=" ${*:-data tests throughput compile-epochs profile} "
+WANTED=" ${*:-data tests compile-epochs throughput profile graph-test} "
 
 {
     date -u
@@ -94,20 +96,22 @@ generate_prepared(Path('$PROFILE_DATA'), (10 + $BATCHES) * $BATCH, $BATCH)  # st
     DATA_PID=$!
 fi
 
-want tests && step tests 100 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+want tests && step tests 100 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "not cuda_graphs" \
     "tests/test_device_augment.py::test_cuda_batch_stays_on_device_and_seeds_reproduce"
 wait_for_data
+# Real epochs: the first pays the compilation, later ones show the steady rate; the projection counts it once.
+want compile-epochs && step compile-epochs 240 $PY -m benchmarks.epoch_time --epochs "$EPOCHS" --train-images "$TRAIN" \
+    --test-images "$TEST" --data-dir $EPOCH_DATA --set $FAST compile=true ${COMPILE_MODE:+compile_mode=$COMPILE_MODE}
 want throughput && step throughput 240 $PY -m benchmarks.training_throughput $BENCH --compile both \
     --data-dir $BENCH_DATA
 want compile-default && step compile-default 240 $PY -m benchmarks.training_throughput $BENCH --compile on \
     --compile-mode default --data-dir $BENCH_DATA
-# Real epochs: the first pays the compilation, later ones show the steady rate; the projection counts it once.
-want compile-epochs && step compile-epochs 420 $PY -m benchmarks.epoch_time --epochs "$EPOCHS" --train-images "$TRAIN" \
-    --test-images "$TEST" --data-dir $EPOCH_DATA --set $FAST compile=true ${COMPILE_MODE:+compile_mode=$COMPILE_MODE}
 want profile && step profile 150 $PY -m benchmarks.step_profile --batches $BATCHES --data-dir $PROFILE_DATA \
     --set $FAST compile=true
 want profile-eager && step profile-eager 100 $PY -m benchmarks.step_profile --batches $BATCHES \
     --data-dir $PROFILE_DATA --set $FAST
+# Last: it compiles (about a minute cold), and the time-limited steps above need the cold caches first.
+want graph-test && step graph-test 150 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -k cuda_graphs
 want overhead && step overhead 60 $PY -m benchmarks.loop_overhead --rounds 3
 want syncs && step syncs 120 $PY -m benchmarks.sync_report --batches 20 --set gpu_augmentations=true channels_last=true
 want pipeline && step pipeline 150 $PY -m benchmarks.data_pipeline --images 1024 --epochs 3
