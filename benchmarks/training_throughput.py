@@ -10,8 +10,8 @@ For each setting (precision x channels_last x compile):
       and NetModule, whose `on_after_batch_transfer` converts, augments (on the device with a GPU) and normalizes;
       validation (forward only) is timed in the same run.
 Timing starts after warm-up batches (compilation, cuDNN autotuning, DataLoader start-up) and ends after a device
-synchronization, with none in between. The projected C-50 time is 129 epochs x (8,144 train images at the full pipeline's training rate +
-8,041 validation images at its validation rate).
+synchronization, with none in between. The projected C-50 time is 129 epochs x (8,144 train images at the full
+pipeline's training rate + 8,041 validation images at its validation rate).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def model_only(config: dict[str, Any], device: torch.device, precision: str, cha
     """Training images/s of forward + backward + optimizer step on synthetic tensors that live on the device, with
     the loss and optimizer that training builds from `config`."""
     from models.arch_dict import build_architecture
+    from models.net_module import CUDA_GRAPH_MODES
     from models.training_parts import build_loss, build_optimizer
 
     net = build_architecture(config["architecture"], num_classes=NUM_CLASSES, img_channels=3,
@@ -70,7 +71,7 @@ def model_only(config: dict[str, Any], device: torch.device, precision: str, cha
         if index == warmup:
             synchronize(device)
             start = time.perf_counter()
-        if compile and config["compile_mode"] == "reduce-overhead":
+        if compile and config["compile_mode"] in CUDA_GRAPH_MODES:
             torch.compiler.cudagraph_mark_step_begin()  # as NetModule does: each step may reuse the last's memory
         with autocast(device, precision):
             loss = loss_fn(step_net(images), targets)

@@ -16,6 +16,9 @@ from models.arch_dict import build_architecture
 from models.epoch_metrics import LossAndAccuracy
 from models.training_parts import build_loss, build_optimizer, build_scheduler
 
+# torch.compile's modes that replay CUDA graphs (max-autotune does too, unlike max-autotune-no-cudagraphs).
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
 
 class NetModule(pl.LightningModule):
     """Trains one architecture; logs `train_loss, train_acc, valid_loss, valid_acc, lr` once per epoch.
@@ -126,7 +129,7 @@ class NetModule(pl.LightningModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, targets, *drawn = batch  # the train loader adds drawn parameters with gpu_augmentations
-        if self._compiled_net is not None and self.hparams.compile_mode == "reduce-overhead":
+        if self._compiled_net is not None and self.hparams.compile_mode in CUDA_GRAPH_MODES:
             # CUDA graphs reuse their output memory on each replay: telling torch where a step begins lets it reuse
             # the last step's instead of failing on outputs still alive (Lightning's loop is not a plain for loop).
             torch.compiler.cudagraph_mark_step_begin()

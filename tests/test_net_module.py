@@ -93,8 +93,8 @@ def test_compile_mode_reaches_torch_compile_for_the_network_and_the_preprocessin
     assert calls == [{"mode": "reduce-overhead"}] * 2
 
 
-@pytest.mark.parametrize(("compile", "mode", "marks"), [(True, "reduce-overhead", 1), (True, "default", 0),
-                                                        (False, "reduce-overhead", 0)])
+@pytest.mark.parametrize(("compile", "mode", "marks"), [(True, "reduce-overhead", 1), (True, "max-autotune", 1),
+                                                        (True, "default", 0), (False, "reduce-overhead", 0)])
 def test_each_batch_starts_a_cuda_graph_step_only_when_cuda_graphs_are_compiled(monkeypatch, compile, mode,
                                                                                  marks) -> None:
     """CUDA graphs reuse their outputs' memory on replay: each batch tells torch that a new step begins."""
