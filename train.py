@@ -49,8 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def train(config: dict[str, Any], resume: str | None = None) -> Path:
-    """Run one training as `config` describes (or continue the run of a checkpoint); returns the run folder."""
+def train(config: dict[str, Any], resume: str | None = None, callbacks: list | None = None) -> Path:
+    """Run one training as `config` describes (or continue the run of a checkpoint); returns the run folder.
+    `callbacks`: further Lightning callbacks (the benchmarks' clocks, say)."""
     # Heavy imports here, so that --help, --print-config and config errors answer at once.
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
@@ -95,7 +96,7 @@ def train(config: dict[str, Any], resume: str | None = None) -> Path:
                            enable_version_counter=False)
     interrupt = GracefulInterrupt()
     callbacks = [early_stopping, best, last, MetricsCsvWriter(run_dir / "metrics.csv"), RngStateCheckpoint(),
-                 interrupt]
+                 interrupt, *(callbacks or [])]
     trainer = pl.Trainer(
         max_epochs=config["num_epochs"], accelerator=config["accelerator"], devices=config["devices"],
         num_nodes=config["num_nodes"], strategy=config["strategy"], precision=config["precision"],

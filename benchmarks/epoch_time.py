@@ -9,6 +9,10 @@ and timed apart, as `prepare` is. metrics.csv's `epoch_time_s` gives each epoch'
 epochs after the first is the steady epoch, and the rest of the run (start-up: workers, cuDNN autotuning,
 compilation; the first epoch; the end) is counted once:
 projected C-50 = whole run + (129 - epochs) x steady epoch.
+
+A second table splits each epoch into phases (clock read at Lightning's hooks, after a device sync where the phase
+ends with GPU work): waiting for the first batch, the training batches, validation, the epoch's end (metrics,
+logging) and what runs between epochs (checkpoints), so that the time outside the batches is attributed.
 """
 
 from __future__ import annotations
@@ -22,7 +26,16 @@ import time
 import warnings
 from pathlib import Path
 
-from benchmarks.common import generate_prepared, load_average, machine_description, markdown_table, quiet_lightning
+import pytorch_lightning as pl
+
+from benchmarks.common import (
+    generate_prepared,
+    load_average,
+    machine_description,
+    markdown_table,
+    quiet_lightning,
+    synchronize,
+)
 from benchmarks.training_throughput import C50_EPOCHS, TARGET_MINUTES, TRAIN_IMAGES, VALID_IMAGES
 from utils.cli import run_main
 from utils.configuration import apply_overrides, defaults, validate
@@ -67,7 +80,75 @@ class EpochPrinter(threading.Thread):
                 return
 
 
-def timed_run(config: dict, epochs: int) -> tuple[float, list[float]]:
+# (phase, the mark that starts it, the mark that ends it); "next_epoch_start" is the following epoch's "epoch_start".
+PHASES = [
+    ("epoch start -> first training batch (loader)", "epoch_start", "train_first"),
+    ("training batches", "train_first", "train_last"),
+    ("last training batch -> validation start", "train_last", "valid_start"),
+    ("validation start -> first batch (loader)", "valid_start", "valid_first"),
+    ("validation batches", "valid_first", "valid_last"),
+    ("validation epoch end (metrics, logging, metrics.csv)", "valid_last", "epoch_end"),
+    ("epoch end -> next epoch (checkpoints, schedulers)", "epoch_end", "next_epoch_start"),
+]
+
+
+class EpochPhases(pl.Callback):
+    """Reads the clock at the hooks that bound each phase of an epoch (see PHASES); after a device sync where GPU
+    work ends the phase, so that it is counted where it ran. Lightning calls checkpoint callbacks after the others,
+    so this one's `on_train_epoch_end` comes before the epoch's checkpoints are saved."""
+
+    def __init__(self) -> None:
+        self.marks: list[dict[str, float]] = []
+
+    def _mark(self, name: str, pl_module: pl.LightningModule | None = None) -> None:
+        if pl_module is not None:
+            synchronize(pl_module.device)
+        self.marks[-1][name] = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.marks:
+            self.marks[-1]["next_epoch_start"] = time.perf_counter()
+        self.marks.append({})
+        self._mark("epoch_start")
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        if batch_idx == 0:
+            self._mark("train_first")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        if batch_idx == trainer.num_training_batches - 1:
+            self._mark("train_last", pl_module)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.marks and not trainer.sanity_checking:
+            self._mark("valid_start")
+
+    def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:
+        if batch_idx == 0 and self.marks and not trainer.sanity_checking:
+            self._mark("valid_first")
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch_idx == trainer.num_val_batches[0] - 1 and self.marks and not trainer.sanity_checking:
+            self._mark("valid_last", pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._mark("epoch_end")
+
+    def phase_rows(self) -> list[list[str]]:
+        """One row per phase: the first epoch's seconds and the median over the later epochs that have it."""
+        rows = []
+        for name, start, end in PHASES:
+            seconds = [marks[end] - marks[start] if start in marks and end in marks else None for marks in self.marks]
+            first = f"{seconds[0]:.3f}" if seconds and seconds[0] is not None else "-"
+            later = [value for value in seconds[1:] if value is not None]
+            rows.append([name, first, f"{statistics.median(later):.3f}" if later else "-"])
+        return rows
+
+
+def timed_run(config: dict, epochs: int, phases: EpochPhases) -> tuple[float, list[float]]:
     """Seconds of one `train()` of `epochs` epochs, and each epoch's `epoch_time_s` from its metrics.csv."""
     import pandas as pd
 
@@ -77,7 +158,7 @@ def timed_run(config: dict, epochs: int) -> tuple[float, list[float]]:
     printer.start()
     start = time.perf_counter()
     try:
-        run_dir = train({**config, "num_epochs": epochs, "run_name": None})
+        run_dir = train({**config, "num_epochs": epochs, "run_name": None}, callbacks=[phases])
     finally:
         printer.done.set()
         printer.join()
@@ -109,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         StanfordCarsDataModule(config).setup("fit")
         cache_seconds = time.perf_counter() - start
         print(f"image cache built in {cache_seconds:.1f} s; training {args.epochs} epochs ...", flush=True)
-        total, epoch_times = timed_run(config, args.epochs)
+        phases = EpochPhases()
+        total, epoch_times = timed_run(config, args.epochs, phases)
     steady = statistics.median(epoch_times[1:])
     projected = (total + (C50_EPOCHS - args.epochs) * steady) / 60
     images = args.train_images + args.test_images
@@ -128,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
          ["steady epoch: median of the later ones (s)", f"{steady:.2f}"],
          ["steady rate, training + validation images/s", f"{images / steady:.0f}"],
          [f"projected C-50: {C50_EPOCHS} epochs (min)", f"{projected:.1f}"]]))
+    print("\nwhere an epoch's time goes (s):\n")
+    print(markdown_table(["phase", "first epoch", "later epochs (median)"], phases.phase_rows()))
     if (args.train_images, args.test_images) != (TRAIN_IMAGES, VALID_IMAGES):
         print(f"\n(projected for these split sizes, not C-50's {TRAIN_IMAGES:,} + {VALID_IMAGES:,}: no verdict)")
     else:

@@ -84,14 +84,17 @@ torch.__version__, torchvision.__version__, pytorch_lightning.__version__, torch
 cat "$OUT/env.log"
 
 if want data; then
-    # The sizes training_throughput asks for with compile on: (5 warm-up + BATCHES) x BATCH per split.
+    # Only the folders the wanted steps read, the profile's (smallest) first. Sizes: training_throughput's with
+    # compile on, (5 warm-up + BATCHES) x BATCH per split; step_profile's, 10 warm-up batches.
+    NEEDS=()
+    { want profile || want profile-eager; } && NEEDS+=("'$PROFILE_DATA', (10 + $BATCHES) * $BATCH, $BATCH")
+    { want throughput || want compile-default; } && NEEDS+=("'$BENCH_DATA', (5 + $BATCHES) * $BATCH, (5 + $BATCHES) * $BATCH")
+    { want compile-epochs || want epochs; } && NEEDS+=("'$EPOCH_DATA', $TRAIN, $TEST")
     $PY -c "
 from pathlib import Path
 from benchmarks.common import generate_prepared
-count = (5 + $BATCHES) * $BATCH
-generate_prepared(Path('$BENCH_DATA'), count, count)
-generate_prepared(Path('$EPOCH_DATA'), $TRAIN, $TEST)
-generate_prepared(Path('$PROFILE_DATA'), (10 + $BATCHES) * $BATCH, $BATCH)  # step_profile's, 10 warm-up batches
+for folder, train, test in [$(IFS=,; for need in "${NEEDS[@]}"; do printf '(%s),' "$need"; done)]:
+    generate_prepared(Path(folder), train, test)
 " >"$OUT/data.log" 2>&1 &
     DATA_PID=$!
 fi
@@ -115,7 +118,7 @@ want graph-test && step graph-test 150 $PY -m pytest -q -p no:cacheprovider test
 want overhead && step overhead 60 $PY -m benchmarks.loop_overhead --rounds 3
 want syncs && step syncs 120 $PY -m benchmarks.sync_report --batches 20 --set gpu_augmentations=true channels_last=true
 want pipeline && step pipeline 150 $PY -m benchmarks.data_pipeline --images 1024 --epochs 3
-want epochs && step epochs 200 $PY -m benchmarks.epoch_time --epochs 4 --train-images "$TRAIN" --test-images "$TEST" \
+want epochs && step epochs 200 $PY -m benchmarks.epoch_time --epochs "$EPOCHS" --train-images "$TRAIN" --test-images "$TEST" \
     --data-dir $EPOCH_DATA --set $FAST
 wait_for_data
 echo "=== done after $(($(date +%s) - START)) s"

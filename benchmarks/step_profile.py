@@ -13,7 +13,10 @@ config plus `--set` overrides (e.g. `gpu_augmentations=true channels_last=true c
   they add up to about the wall time per step, the step is bound by the host;
 - with a CUDA GPU, the timed steps' kernels, recorded by `torch.profiler` (CUDA activity only, so that the host's
   times stay as they are): the wall time per step, the time per step in which at least one kernel ran (GPU busy),
-  and the kernels taking the most time. A busy share well under 100 % means the GPU waits for the host.
+  and the kernels taking the most time. A busy share well under 100 % means the GPU waits for the host;
+- with a CUDA GPU, the same for the model-only loop of `benchmarks.training_throughput` (the same network, loss
+  and optimizer on synthetic tensors already on the device), so that the full step's extra GPU time and its extra
+  waiting are told apart.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from benchmarks.common import (
     quiet_lightning,
     synchronize,
 )
+from benchmarks.training_throughput import model_only
 from utils.cli import positive_int, run_main
 from utils.configuration import apply_overrides, defaults, validate
 
@@ -162,9 +166,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     busy, rows = kernel_rows(recorder.profiler, args.batches)
     busy_ms = busy / args.batches * 1e3
-    print(f"\nGPU busy (at least one kernel running): {busy_ms:.2f} ms per step, {busy_ms / step_ms:.0%} of the "
-          f"wall time\n")
+    print(f"\nfull pipeline: GPU busy (at least one kernel running) {busy_ms:.2f} ms per step, "
+          f"{busy_ms / step_ms:.0%} of the wall time\n")
     print(markdown_table(["kernel", "calls per step", "ms per step"], rows))
+    model_profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+    rate = model_only(config, torch.device("cuda"), config["precision"], config["channels_last"], config["compile"],
+                      args.batches, args.warmup, profiler=model_profiler)
+    model_ms = config["batch_size"] / rate * 1e3
+    model_busy, model_rows = kernel_rows(model_profiler, args.batches)
+    model_busy_ms = model_busy / args.batches * 1e3
+    print(f"\nmodel-only loop (same network, loss and optimizer; synthetic tensors on the GPU): wall time "
+          f"{model_ms:.2f} ms per step, GPU busy {model_busy_ms:.2f} ms per step ({model_busy_ms / model_ms:.0%})\n")
+    print(markdown_table(["kernel", "calls per step", "ms per step"], model_rows))
+    print(f"\nfull pipeline against model-only: wall {step_ms:.2f} / {model_ms:.2f} ms "
+          f"({model_ms / step_ms:.0%}), GPU busy {busy_ms:.2f} / {model_busy_ms:.2f} ms")
     return 0
 
 

@@ -49,9 +49,9 @@ def autocast(device: torch.device, precision: str) -> Any:
 
 
 def model_only(config: dict[str, Any], device: torch.device, precision: str, channels_last: bool, compile: bool,
-               batches: int, warmup: int) -> float:
+               batches: int, warmup: int, profiler: torch.profiler.profile | None = None) -> float:
     """Training images/s of forward + backward + optimizer step on synthetic tensors that live on the device, with
-    the loss and optimizer that training builds from `config`."""
+    the loss and optimizer that training builds from `config`. `profiler`, when given, records the timed steps."""
     from models.arch_dict import build_architecture
     from models.net_module import CUDA_GRAPH_MODES
     from models.training_parts import build_loss, build_optimizer
@@ -70,6 +70,8 @@ def model_only(config: dict[str, Any], device: torch.device, precision: str, cha
     for index in range(warmup + batches):
         if index == warmup:
             synchronize(device)
+            if profiler is not None:
+                profiler.__enter__()
             start = time.perf_counter()
         if compile and config["compile_mode"] in CUDA_GRAPH_MODES:
             torch.compiler.cudagraph_mark_step_begin()  # as NetModule does: each step may reuse the last's memory
@@ -79,7 +81,10 @@ def model_only(config: dict[str, Any], device: torch.device, precision: str, cha
         loss.backward()
         optimizer.step()
     synchronize(device)
-    return batches * config["batch_size"] / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    if profiler is not None:
+        profiler.__exit__(None, None, None)
+    return batches * config["batch_size"] / seconds
 
 
 class BatchClock(pl.Callback):

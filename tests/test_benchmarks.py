@@ -13,6 +13,7 @@ from PIL import Image
 
 from benchmarks import data_pipeline
 from benchmarks.common import generate_prepared, markdown_table
+from benchmarks.epoch_time import PHASES
 from benchmarks.training_throughput import C50_EPOCHS, TRAIN_IMAGES, VALID_IMAGES
 from datasets.stanford_data_module import StanfordCarsDataModule
 from tests.helpers import run_module
@@ -125,6 +126,11 @@ def test_epoch_time_projects_c50_from_the_epochs_of_one_real_run() -> None:
     assert "no verdict" in output  # tiny splits: no claim about the 10-minute target
     # each epoch is also printed as soon as metrics.csv has it, for runs cut short by a time limit
     assert output.count("  metrics.csv: ") == 4 and output.index("  metrics.csv: 2,") < output.index("| measure")
+    # every phase measured; the first epoch's, up to its validation end, fit in its time (printed to 0.1 s)
+    phases = {row[0]: row[1:] for row in table_rows(output) if row[0] in [name for name, _, _ in PHASES]}
+    assert len(phases) == len(PHASES) and all(value != "-" for values in phases.values() for value in values)
+    assert float(phases["training batches"][1]) > 0
+    assert sum(float(values[0]) for name, values in phases.items() if "epoch end" not in name) <= first + 0.05
 
 
 def test_op_count_reports_the_network_and_each_device_augmentation() -> None:
