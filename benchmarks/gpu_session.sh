@@ -1,28 +1,31 @@
 #!/usr/bin/env bash
-# Everything to check and measure on a CUDA machine, in one call: the steps named run in the order given, each
+# Everything to check and measure on a CUDA machine, in one call: the steps named run in the order below, each
 # under its own time limit and all within BUDGET seconds (default 560), so that a call of the device tool's
 # 600 s returns with every log. Each step's whole output goes to $OUT/<step>.log (default ./gpu-logs); its tail
 # is printed.
 #
-#     bash benchmarks/gpu_session.sh [step ...]      (default: data tests compile-epochs throughput profile graph-test)
+#     bash benchmarks/gpu_session.sh [step ...]      (default: data tests compile-epochs profile throughput)
 #
-# Steps:
-#   data            generates the benchmarks' images in the background (CPU only), so that they are ready when
-#                   the first timed step starts; timed steps wait for it
+# 15 minutes of device time hold two calls: the default steps, then `graph-test` (BUDGET=200).
+# Steps, in the order they run:
+#   data            generates the data the wanted steps read, in the background (CPU only), so that it is ready
+#                   when the first timed step starts; timed steps wait for it
 #   tests           the CUDA tests (correctness on the GPU; runs while data is generated), but the one that compiles
-#   graph-test      that one: compiled training steps under CUDA graphs against eager ones
+#   graph-test      that one: compiled training steps under CUDA graphs against eager ones (also while the data is
+#                   generated; its 64 px graphs share no compiled kernels with the 227 px steps)
+#   compile-epochs  real epochs of train() with compile on (COMPILE_MODE overrides the mode): the C-50 projection,
+#                   compilation included, and where each epoch's time goes; run first, while torch.compile's caches
+#                   on a fresh machine are cold, as on a user's first run (on an H100: 129 s of compilation cold,
+#                   52 s warm, 2026-11-26)
 #   throughput      model-only vs full pipeline, fp32, channels_last on, compile off and on (the config's
 #                   compile_mode, reduce-overhead: CUDA graphs)
 #   compile-default the same with compile_mode default (slower than eager on an H100, 2026-11-26)
-#   compile-epochs  real epochs of train() with compile on (COMPILE_MODE overrides the mode): the C-50 projection,
-#                   compilation included; run first, while torch.compile's caches on a fresh machine are cold, as
-#                   on a user's first run (on an H100: 129 s of compilation cold, 52 s warm, 2026-11-26)
 #   profile         where a full-pipeline step spends its time, compile on: the host per Lightning action, the GPU
-#                   busy share and its kernels (profile-eager: the same, compile off)
+#                   busy share and its kernels, against the model-only loop's (profile-eager: the same, compile off)
 #   overhead syncs pipeline epochs   Lightning's host time per step, host-device syncs per batch, the data
 #                   pipeline, real epochs with compile off
 # Scaled down for a dry run on a CPU (no verdicts then):
-#   BATCHES=20 SIZE=64 BATCH=8 TRAIN=48 TEST=24 EPOCHS=2 bash benchmarks/gpu_session.sh data throughput compile-epochs
+#   PYTHON=python BATCHES=20 SIZE=64 BATCH=8 TRAIN=48 TEST=24 EPOCHS=2 bash benchmarks/gpu_session.sh data profile epochs
 set -u
 OUT=${OUT:-gpu-logs}
 mkdir -p "$OUT"
@@ -72,7 +75,7 @@ step() {
 }
 
 want() { [[ " $WANTED " == *" $1 "* ]]; }
-WANTED=" ${*:-data tests compile-epochs throughput profile graph-test} "
+WANTED=" ${*:-data tests compile-epochs profile throughput} "
 
 {
     date -u
@@ -87,7 +90,7 @@ if want data; then
     # Only the folders the wanted steps read, the profile's (smallest) first. Sizes: training_throughput's with
     # compile on, (5 warm-up + BATCHES) x BATCH per split; step_profile's, 10 warm-up batches.
     NEEDS=()
-    { want profile || want profile-eager; } && NEEDS+=("'$PROFILE_DATA', (10 + $BATCHES) * $BATCH, $BATCH")
+    { want profile || want profile-eager; } && NEEDS+=("'$PROFILE_DATA', (10 + 30) * $BATCH, $BATCH")
     { want throughput || want compile-default; } && NEEDS+=("'$BENCH_DATA', (5 + $BATCHES) * $BATCH, (5 + $BATCHES) * $BATCH")
     { want compile-epochs || want epochs; } && NEEDS+=("'$EPOCH_DATA', $TRAIN, $TEST")
     $PY -c "
@@ -101,6 +104,8 @@ fi
 
 want tests && step tests 100 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "not cuda_graphs" \
     "tests/test_device_augment.py::test_cuda_batch_stays_on_device_and_seeds_reproduce"
+# While the data is generated too (correctness only).
+want graph-test && step graph-test 150 $PY -m pytest -q -s -p no:cacheprovider tests/test_cuda.py -k cuda_graphs
 wait_for_data
 # Real epochs: the first pays the compilation, later ones show the steady rate; the projection counts it once.
 want compile-epochs && step compile-epochs 240 $PY -m benchmarks.epoch_time --epochs "$EPOCHS" --train-images "$TRAIN" \
@@ -109,12 +114,11 @@ want throughput && step throughput 240 $PY -m benchmarks.training_throughput $BE
     --data-dir $BENCH_DATA
 want compile-default && step compile-default 240 $PY -m benchmarks.training_throughput $BENCH --compile on \
     --compile-mode default --data-dir $BENCH_DATA
-want profile && step profile 150 $PY -m benchmarks.step_profile --batches $BATCHES --data-dir $PROFILE_DATA \
+# 30 steps: torch.profiler's trace of 100 took too long to read back within the limit (2026-11-26).
+want profile && step profile 200 $PY -m benchmarks.step_profile --batches 30 --data-dir $PROFILE_DATA \
     --set $FAST compile=true
-want profile-eager && step profile-eager 100 $PY -m benchmarks.step_profile --batches $BATCHES \
+want profile-eager && step profile-eager 100 $PY -m benchmarks.step_profile --batches 30 \
     --data-dir $PROFILE_DATA --set $FAST
-# Last: it compiles (about a minute cold), and the time-limited steps above need the cold caches first.
-want graph-test && step graph-test 150 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -k cuda_graphs
 want overhead && step overhead 60 $PY -m benchmarks.loop_overhead --rounds 3
 want syncs && step syncs 120 $PY -m benchmarks.sync_report --batches 20 --set gpu_augmentations=true channels_last=true
 want pipeline && step pipeline 150 $PY -m benchmarks.data_pipeline --images 1024 --epochs 3

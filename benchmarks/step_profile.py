@@ -100,15 +100,22 @@ def host_rows(profiler: SimpleProfiler, warmup: int, steps: int) -> list[list[st
     return [[action, f"{ms:.3f}"] for ms, action in rows]
 
 
-def kernel_rows(profiler: torch.profiler.profile, steps: int) -> tuple[float, list[list[str]]]:
-    """(GPU busy seconds, a row per kernel name with the most device time: calls and ms per step)."""
-    events = [event for event in profiler.events() if event.device_type == torch.autograd.DeviceType.CUDA]
-    busy = busy_seconds([(e.time_range.start / 1e6, e.time_range.end / 1e6) for e in events])
+def device_events(profiler: torch.profiler.profile) -> list[tuple[str, float, float]]:
+    """(name, start s, end s) of each GPU activity (kernels, copies, sets) the profiler recorded, read from its raw
+    results: building torch's event tree for thousands of kernels takes minutes."""
+    return [(event.name(), event.start_ns() / 1e9, (event.start_ns() + event.duration_ns()) / 1e9)
+            for event in profiler.profiler.kineto_results.events()
+            if event.device_type() == torch.autograd.DeviceType.CUDA]
+
+
+def kernel_rows(events: list[tuple[str, float, float]], steps: int) -> tuple[float, list[list[str]]]:
+    """(GPU busy seconds, a row per activity name with the most device time: calls and ms per step)."""
+    busy = busy_seconds([(start, end) for _, start, end in events])
     totals: dict[str, list[float]] = {}
-    for event in events:
-        entry = totals.setdefault(event.name, [0, 0.0])
+    for name, start, end in events:
+        entry = totals.setdefault(name, [0, 0.0])
         entry[0] += 1
-        entry[1] += event.time_range.elapsed_us() / 1e3
+        entry[1] += (end - start) * 1e3
     ranked = sorted(totals.items(), key=lambda item: item[1][1], reverse=True)
     rows = [[name if len(name) <= 70 else name[:67] + "...", f"{calls / steps:.1f}", f"{ms / steps:.3f}"]
             for name, (calls, ms) in ranked[:KERNEL_ROWS]]
@@ -164,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     if recorder.profiler is None:
         print("\nno CUDA GPU in use: no kernel tables")
         return 0
-    busy, rows = kernel_rows(recorder.profiler, args.batches)
+    from torch._dynamo.utils import counters
+
+    graphs = {key: value for key, value in counters["inductor"].items() if "cudagraph" in key}
+    print(f"\ntorch.compile's CUDA-graph counters (a skip runs that graph's kernels one by one): {graphs or 'none'}")
+    busy, rows = kernel_rows(device_events(recorder.profiler), args.batches)
     busy_ms = busy / args.batches * 1e3
     print(f"\nfull pipeline: GPU busy (at least one kernel running) {busy_ms:.2f} ms per step, "
           f"{busy_ms / step_ms:.0%} of the wall time\n")
@@ -173,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     rate = model_only(config, torch.device("cuda"), config["precision"], config["channels_last"], config["compile"],
                       args.batches, args.warmup, profiler=model_profiler)
     model_ms = config["batch_size"] / rate * 1e3
-    model_busy, model_rows = kernel_rows(model_profiler, args.batches)
+    model_busy, model_rows = kernel_rows(device_events(model_profiler), args.batches)
     model_busy_ms = model_busy / args.batches * 1e3
     print(f"\nmodel-only loop (same network, loss and optimizer; synthetic tensors on the GPU): wall time "
           f"{model_ms:.2f} ms per step, GPU busy {model_busy_ms:.2f} ms per step ({model_busy_ms / model_ms:.0%})\n")

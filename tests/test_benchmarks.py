@@ -199,3 +199,13 @@ def test_busy_seconds_counts_overlapping_kernels_once() -> None:
 
     assert busy_seconds([(5.0, 6.0), (0.0, 2.0), (1.0, 3.0), (1.5, 2.5)]) == pytest.approx(4.0)
     assert busy_seconds([]) == 0
+
+
+def test_kernel_rows_rank_device_activities_per_step() -> None:
+    from benchmarks.step_profile import kernel_rows
+
+    events = [("conv", 0.0, 0.004), ("copy", 0.001, 0.002), ("conv", 0.010, 0.014), ("relu", 0.020, 0.021)]
+    busy, rows = kernel_rows(events, steps=2)
+    assert busy == pytest.approx(0.009)
+    assert rows == [["conv", "1.0", "4.000"], ["relu", "0.5", "0.500"], ["copy", "0.5", "0.500"]] or \
+        rows == [["conv", "1.0", "4.000"], ["copy", "0.5", "0.500"], ["relu", "0.5", "0.500"]]
