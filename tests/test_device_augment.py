@@ -266,6 +266,31 @@ def test_jitter_applies_each_samples_own_order():
     assert torch.allclose(out[0], first, atol=1e-5) and torch.allclose(out[1], second, atol=1e-5)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_compiled_jitter_mixes_channels_without_matrix_products_and_gives_eager_pixels(channels):
+    """Under torch.compile the colour blends and the hue step are multiply-adds (fused by the compiler), not the
+    eager path's batched matrix products; the pixels stay the same."""
+    import torch._dynamo
+
+    op = build_op("ColorJitter", {"brightness": 0.5, "contrast": 0.6, "saturation": 0.7, "hue": 0.3})
+    x = torch.cat([image(channels, seed=seed) for seed in range(4)])
+    generator = torch.Generator().manual_seed(3)
+    prepared = op.prepare(op.sample_params(tuple(x.shape), CPU, generator), tuple(x.shape))
+    graphs = []
+
+    def record(graph_module, example_inputs):  # a torch.compile backend that keeps the traced graph and runs it
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(op.apply_prepared, backend=record)(x, prepared)
+    targets = {node.target for graph in graphs for node in graph.graph.nodes if node.op == "call_function"}
+    assert graphs and not targets & {torch.matmul, torch.bmm, torch.baddbmm}
+    eager = op.apply_prepared(x, prepared)
+    assert not torch.equal(eager, x)  # the jitter did change the pixels
+    torch.testing.assert_close(compiled, eager, atol=1e-6, rtol=0)
+
+
 def test_grayscale_turns_chosen_samples_into_luma():
     x = torch.cat([image(seed=1), image(seed=2)])
     out = build_op("RandomGrayscale", {"p": 0.5}).apply(x, {"gray": torch.tensor([True, False])})
