@@ -4,9 +4,9 @@
 # 600 s returns with every log. Each step's whole output goes to $OUT/<step>.log (default ./gpu-logs); its tail
 # is printed.
 #
-#     bash benchmarks/gpu_session.sh [step ...]      (default: data tests compile-epochs profile throughput)
+#     bash benchmarks/gpu_session.sh [step ...]      (default: data tests compile-epochs throughput step-graph)
 #
-# 15 minutes of device time hold two calls: the default steps, then `graph-test` (BUDGET=200).
+# 15 minutes of device time hold two calls: the default steps (BUDGET=520), then `graph-test profile` (BUDGET=200).
 # Steps, in the order they run:
 #   data            generates the data the wanted steps read, in the background (CPU only), so that it is ready
 #                   when the first timed step starts; timed steps wait for it
@@ -20,6 +20,8 @@
 #   throughput      model-only vs full pipeline, fp32, channels_last on, compile off and on (the config's
 #                   compile_mode, reduce-overhead: CUDA graphs)
 #   compile-default the same with compile_mode default (slower than eager on an H100, 2026-11-26)
+#   step-graph      model-only steps: compile reduce-overhead against the whole step in one CUDA graph (eager and
+#                   compiled network, then with the preprocessing), each variant printed as soon as it is measured
 #   profile         where a full-pipeline step spends its time, compile on: the host per Lightning action, the GPU
 #                   busy share and its kernels, against the model-only loop's (profile-eager: the same, compile off)
 #   overhead syncs pipeline epochs   Lightning's host time per step, host-device syncs per batch, the data
@@ -75,7 +77,7 @@ step() {
 }
 
 want() { [[ " $WANTED " == *" $1 "* ]]; }
-WANTED=" ${*:-data tests compile-epochs profile throughput} "
+WANTED=" ${*:-data tests compile-epochs throughput step-graph} "
 
 {
     date -u
@@ -115,6 +117,8 @@ want throughput && step throughput 240 $PY -m benchmarks.training_throughput $BE
 want compile-default && step compile-default 240 $PY -m benchmarks.training_throughput $BENCH --compile on \
     --compile-mode default --data-dir $BENCH_DATA
 # 30 steps: torch.profiler's trace of 100 took too long to read back within the limit (2026-11-26).
+want step-graph && step step-graph 200 $PY -m benchmarks.step_graph --batches $BATCHES --image-size $SIZE \
+    --batch-size $BATCH
 want profile && step profile 200 $PY -m benchmarks.step_profile --batches 30 --data-dir $PROFILE_DATA \
     --set $FAST compile=true
 want profile-eager && step profile-eager 100 $PY -m benchmarks.step_profile --batches 30 \

@@ -209,3 +209,16 @@ def test_kernel_rows_rank_device_activities_per_step() -> None:
     assert busy == pytest.approx(0.009)
     assert rows == [["conv", "1.0", "4.000"], ["relu", "0.5", "0.500"], ["copy", "0.5", "0.500"]] or \
         rows == [["conv", "1.0", "4.000"], ["copy", "0.5", "0.500"], ["relu", "0.5", "0.500"]]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_step_graph_needs_cuda_unless_it_only_checks_its_plumbing() -> None:
+    refused = run_module("benchmarks.step_graph", ["--batches", "2"])
+    assert refused.returncode != 0 and "needs a CUDA GPU" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    # a dry run replays by calling the step: the whole-step variant then trains exactly as the eager run does
+    output = run_script("benchmarks.step_graph", "--dry-run", "--batches", "3", "--image-size", "32",
+                        "--batch-size", "4", "--variants", "b")
+    (row,) = table_rows(output)
+    assert row[0].startswith("(b) whole step") and float(row[1]) > 0 and float(row[4]) == 0
+    assert "DRY RUN" in output
