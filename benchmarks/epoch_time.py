@@ -82,10 +82,10 @@ class EpochPrinter(threading.Thread):
 
 # (phase, the mark that starts it, the mark that ends it); "next_epoch_start" is the following epoch's "epoch_start".
 PHASES = [
-    ("epoch start -> first training batch (loader)", "epoch_start", "train_first"),
+    ("epoch start -> first training batch (loader, copy, preprocessing)", "epoch_start", "train_first"),
     ("training batches", "train_first", "train_last"),
     ("last training batch -> validation start", "train_last", "valid_start"),
-    ("validation start -> first batch (loader)", "valid_start", "valid_first"),
+    ("validation start -> first batch (loader, copy, preprocessing)", "valid_start", "valid_first"),
     ("validation batches", "valid_first", "valid_last"),
     ("validation epoch end (metrics, logging, metrics.csv)", "valid_last", "epoch_end"),
     ("epoch end -> next epoch (checkpoints, schedulers)", "epoch_end", "next_epoch_start"),
