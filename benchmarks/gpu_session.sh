@@ -21,7 +21,8 @@
 #                   compile_mode, reduce-overhead: CUDA graphs)
 #   compile-default the same with compile_mode default (slower than eager on an H100, 2026-11-26)
 #   step-graph      model-only steps: compile reduce-overhead against the whole step in one CUDA graph (eager and
-#                   compiled network, then with the preprocessing), each variant printed as soon as it is measured
+#                   compiled network, then with the preprocessing) and against make_graphed_callables (eager and
+#                   compiled network), each variant printed as soon as it is measured
 #   profile         where a full-pipeline step spends its time, compile on: the host per Lightning action, the GPU
 #                   busy share and its kernels, against the model-only loop's (profile-eager: the same, compile off)
 #   overhead syncs pipeline epochs   Lightning's host time per step, host-device syncs per batch, the data

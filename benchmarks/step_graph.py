@@ -1,6 +1,6 @@
-"""What one CUDA graph per training step would gain: GhostNet's model-only step replayed four ways, side by side.
+"""What CUDA graphs around more of the training step would gain: GhostNet's model-only step run six ways, side by side.
 
-    python -m benchmarks.step_graph [--batches 100] [--image-size 227] [--batch-size 64] [--variants a b c d]
+    python -m benchmarks.step_graph [--batches 100] [--image-size 227] [--batch-size 64] [--variants a b c d e f]
 
 On an H100 (2026-11-26) a compiled training step was bound by the host: torch.compile's CUDA graphs cover the
 network's forward and backward, but the Python around them (the graph trees' bookkeeping, the gradients handed back
@@ -13,7 +13,11 @@ script measures the alternative before it is built into training:
   (c) as (b), the network compiled without CUDA graphs of its own (torch.compile's default mode), so that the
       compiler's fused kernels run inside the one graph;
   (d) as (c), with the on-device preprocessing (uint8 -> float, the default augmentations with parameters drawn as
-      the workers draw them, Normalize) compiled and captured in the same graph: the whole step's GPU work.
+      the workers draw them, Normalize) compiled and captured in the same graph: the whole step's GPU work;
+  (e) the network's forward and backward graphed by `torch.cuda.make_graphed_callables` (PyTorch's API for it: one
+      autograd node whose forward and backward replay graphs), the loss and the optimizer eager: what fits
+      Lightning's loop as it is (the optimizer, schedulers and checkpoints untouched);
+  (f) as (e), the network compiled (default mode) before it is graphed.
 
 Every variant starts from the same weights and trains on the same rotating batches (dropout off, so that random
 numbers drawn inside a graph do not make the runs differ); each one's losses over its first steps are compared with
@@ -32,6 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch._dynamo
 
 from benchmarks.common import NUM_CLASSES, load_average, machine_description, markdown_table, synchronize
 from utils.cli import positive_int, run_main
@@ -43,6 +48,8 @@ VARIANTS = {
     "b": "whole step in one CUDA graph, eager network",
     "c": "whole step in one CUDA graph, compiled network",
     "d": "as (c), device preprocessing from uint8 in the graph too",
+    "e": "make_graphed_callables: network forward + backward graphed, loss and optimizer eager",
+    "f": "as (e), the network compiled (default mode) first",
 }
 CHECKED_STEPS = 8  # losses compared with the eager run's over these first steps
 POOL = 4  # distinct batches, used in turn
@@ -84,11 +91,16 @@ def build(config: dict[str, Any], device: torch.device, capturable: bool) -> Any
 
 
 def python_loop(config: dict[str, Any], device: torch.device, batches: Batches, steps: int, compile_mode: str | None,
-                ) -> tuple[list[float], list[float]]:
-    """The step as Python runs it, eager (compile_mode None) or through torch.compile: (losses of the first
-    CHECKED_STEPS steps, the wall clock after each step's queueing, synchronised at the first and last)."""
+                graphed: bool = False, dry_run: bool = False) -> tuple[list[float], list[float]]:
+    """The step as Python runs it, eager (compile_mode None) or through torch.compile, the network optionally
+    graphed by make_graphed_callables (not in a dry run): (losses of the first CHECKED_STEPS steps, the wall clock
+    after each step's queueing, synchronised at the end of the untimed steps and of the last)."""
     module, optimizer = build(config, device, capturable=False)
     net = torch.compile(module.net, mode=compile_mode) if compile_mode else module.net
+    if graphed and not dry_run:
+        # Its warm-up runs forward and backward passes (torch.autograd.grad: no .grad is touched) that also update
+        # batch norm's running statistics; training-mode outputs do not depend on those.
+        net = torch.cuda.make_graphed_callables(net, (batches.float[0],))
     losses, marks = [], []
     for step in range(steps):
         if compile_mode in ("reduce-overhead", "max-autotune"):
@@ -182,8 +194,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="timed steps per variant; as many untimed ones run first (default 100)")
     parser.add_argument("--image-size", type=positive_int, default=227, help="square image size in px (default 227)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="batch size (default 64)")
-    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=sorted(VARIANTS),
-                        help="which to run (default all)")
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list("abecfd"),
+                        help="which to run, in this order (default all: a b e c f d, those that compile least "
+                             "first, so that a time limit cuts the costliest)")
     parser.add_argument("--dry-run", action="store_true",
                         help="no capture (replays call the step function): checks the plumbing, on a CPU too")
     return parser.parse_args(argv)
@@ -204,11 +217,20 @@ def main(argv: list[str] | None = None) -> int:
     rows, base = [], None
     for name in args.variants:
         print(f"measuring ({name}) {VARIANTS[name]} ...", flush=True)
-        if name == "a":
-            losses, marks = python_loop(config, device, batches, steps, compile_mode="reduce-overhead")
-        else:
-            losses, marks = graph_loop(config, device, batches, steps, compiled=name in "cd", preprocess=name == "d",
-                                       dry_run=args.dry_run)
+        try:
+            if name in "aef":
+                mode = {"a": "reduce-overhead", "e": None, "f": "default"}[name]
+                losses, marks = python_loop(config, device, batches, steps, compile_mode=mode, graphed=name in "ef",
+                                            dry_run=args.dry_run)
+            else:
+                losses, marks = graph_loop(config, device, batches, steps, compiled=name in "cd",
+                                           preprocess=name == "d", dry_run=args.dry_run)
+        except Exception as error:  # noqa: BLE001 - one variant failing must not hide the others' figures
+            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            rows.append([f"({name}) {VARIANTS[name]}", "failed", "-", "-", f"{type(error).__name__}: {message}"])
+            print(f"  ({name}) failed: {type(error).__name__}: {message}", flush=True)
+            torch._dynamo.reset()
+            continue
         ms = (marks[-1] - marks[steps // 2 - 1]) / (steps - steps // 2) * 1e3
         base = base or ms
         # (d) trains on preprocessed uint8 batches, not on the reference's float ones: its losses are its own.

@@ -216,9 +216,25 @@ def test_step_graph_needs_cuda_unless_it_only_checks_its_plumbing() -> None:
     refused = run_module("benchmarks.step_graph", ["--batches", "2"])
     assert refused.returncode != 0 and "needs a CUDA GPU" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
-    # a dry run replays by calling the step: the whole-step variant then trains exactly as the eager run does
+    # a dry run neither captures nor graphs: the whole-step and the graphed-module variants then train exactly as
+    # the eager run does, from the same weights on the same batches
     output = run_script("benchmarks.step_graph", "--dry-run", "--batches", "3", "--image-size", "32",
-                        "--batch-size", "4", "--variants", "b")
-    (row,) = table_rows(output)
-    assert row[0].startswith("(b) whole step") and float(row[1]) > 0 and float(row[4]) == 0
+                        "--batch-size", "4", "--variants", "b", "e")
+    rows = table_rows(output)
+    assert [row[0][:3] for row in rows] == ["(b)", "(e)"]
+    assert all(float(row[1]) > 0 and float(row[4]) == 0 for row in rows)
     assert "DRY RUN" in output
+
+
+def test_step_graph_reports_a_failing_variant_and_still_measures_the_others(monkeypatch, capsys) -> None:
+    from benchmarks import step_graph
+
+    def fails(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("operation not permitted when stream is capturing\nsecond line")
+
+    monkeypatch.setattr(step_graph, "graph_loop", fails)
+    assert step_graph.main(["--dry-run", "--batches", "2", "--image-size", "32", "--batch-size", "4",
+                            "--variants", "b", "e"]) == 0
+    failed, measured = table_rows(capsys.readouterr().out)
+    assert failed[1] == "failed" and failed[4] == "RuntimeError: operation not permitted when stream is capturing"
+    assert measured[0].startswith("(e)") and float(measured[1]) > 0
