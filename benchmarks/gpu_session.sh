@@ -4,15 +4,17 @@
 # 600 s returns with every log. Each step's whole output goes to $OUT/<step>.log (default ./gpu-logs); its tail
 # is printed.
 #
-#     bash benchmarks/gpu_session.sh [step ...]      (default: data tests compile-epochs throughput step-graph)
+#     bash benchmarks/gpu_session.sh [step ...]      (default: data tests graph-epochs compile-epochs step-graph)
 #
-# 15 minutes of device time hold two calls: the default steps (BUDGET=520), then `graph-test profile` (BUDGET=200).
+# 15 minutes of device time hold two calls: the default steps (BUDGET=520), then `graph-test throughput` (BUDGET=200).
 # Steps, in the order they run:
 #   data            generates the data the wanted steps read, in the background (CPU only), so that it is ready
 #                   when the first timed step starts; timed steps wait for it
 #   tests           the CUDA tests (correctness on the GPU; runs while data is generated), but the one that compiles
 #   graph-test      that one: compiled training steps under CUDA graphs against eager ones (also while the data is
 #                   generated; its 64 px graphs share no compiled kernels with the 227 px steps)
+#   graph-epochs    real epochs of train() with cuda_graphs on (the network's training passes as CUDA graphs, no
+#                   compile): the C-50 projection and where each epoch's time goes
 #   compile-epochs  real epochs of train() with compile on (COMPILE_MODE overrides the mode): the C-50 projection,
 #                   compilation included, and where each epoch's time goes; run first, while torch.compile's caches
 #                   on a fresh machine are cold, as on a user's first run (on an H100: 129 s of compilation cold,
@@ -78,7 +80,7 @@ step() {
 }
 
 want() { [[ " $WANTED " == *" $1 "* ]]; }
-WANTED=" ${*:-data tests compile-epochs throughput step-graph} "
+WANTED=" ${*:-data tests graph-epochs compile-epochs step-graph} "
 
 {
     date -u
@@ -95,7 +97,7 @@ if want data; then
     NEEDS=()
     { want profile || want profile-eager; } && NEEDS+=("'$PROFILE_DATA', (10 + 30) * $BATCH, $BATCH")
     { want throughput || want compile-default; } && NEEDS+=("'$BENCH_DATA', (5 + $BATCHES) * $BATCH, (5 + $BATCHES) * $BATCH")
-    { want compile-epochs || want epochs; } && NEEDS+=("'$EPOCH_DATA', $TRAIN, $TEST")
+    { want compile-epochs || want epochs || want graph-epochs; } && NEEDS+=("'$EPOCH_DATA', $TRAIN, $TEST")
     $PY -c "
 from pathlib import Path
 from benchmarks.common import generate_prepared
@@ -105,11 +107,14 @@ for folder, train, test in [$(IFS=,; for need in "${NEEDS[@]}"; do printf '(%s),
     DATA_PID=$!
 fi
 
-want tests && step tests 100 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "not cuda_graphs" \
+want tests && step tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "not cuda_graphs" \
     "tests/test_device_augment.py::test_cuda_batch_stays_on_device_and_seeds_reproduce"
 # While the data is generated too (correctness only).
 want graph-test && step graph-test 150 $PY -m pytest -q -s -p no:cacheprovider tests/test_cuda.py -k cuda_graphs
 wait_for_data
+# No compilation here: the caches stay cold for compile-epochs.
+want graph-epochs && step graph-epochs 150 $PY -m benchmarks.epoch_time --epochs "$EPOCHS" --train-images "$TRAIN" \
+    --test-images "$TEST" --data-dir $EPOCH_DATA --set $FAST cuda_graphs=true
 # Real epochs: the first pays the compilation, later ones show the steady rate; the projection counts it once.
 want compile-epochs && step compile-epochs 240 $PY -m benchmarks.epoch_time --epochs "$EPOCHS" --train-images "$TRAIN" \
     --test-images "$TEST" --data-dir $EPOCH_DATA --set $FAST compile=true ${COMPILE_MODE:+compile_mode=$COMPILE_MODE}

@@ -13,11 +13,9 @@ import torch
 
 from datasets.device_augment import DeviceAugmenter, device_augmentation_settings
 from models.arch_dict import build_architecture
+from models.cuda_graphs import graph_training_passes
 from models.epoch_metrics import LossAndAccuracy
-from models.training_parts import build_loss, build_optimizer, build_scheduler
-
-# torch.compile's modes that replay CUDA graphs (max-autotune does too, unlike max-autotune-no-cudagraphs).
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+from models.training_parts import CUDA_GRAPH_MODES, build_loss, build_optimizer, build_scheduler
 
 
 class NetModule(pl.LightningModule):
@@ -34,7 +32,8 @@ class NetModule(pl.LightningModule):
         normalization: {"mean": [...], "std": [...]} applied on the device, or None.
         device_augmentations: {"image": {...}, "tensor": {...}} run per sample on the device in training, or None.
         image_size, class_names: stored in the checkpoint so that it alone is enough to predict.
-        channels_last, compile, compile_mode: device speed options (compile_mode is torch.compile's `mode`).
+        channels_last, compile, compile_mode, cuda_graphs: device speed options (compile_mode is torch.compile's
+            `mode`; cuda_graphs graphs the network's training passes, see `models/cuda_graphs.py`).
     """
 
     def __init__(self, architecture: str, num_classes: int, img_channels: int = 3, dropout: float = 0.2,
@@ -43,7 +42,8 @@ class NetModule(pl.LightningModule):
                  lr_scheduler: str | None = None, lr_scheduler_params: dict | None = None,
                  normalization: dict | None = None, device_augmentations: dict | None = None,
                  image_size: tuple[int, int] = (227, 227), class_names: list[str] | None = None,
-                 channels_last: bool = False, compile: bool = False, compile_mode: str = "reduce-overhead") -> None:
+                 channels_last: bool = False, compile: bool = False, compile_mode: str = "reduce-overhead",
+                 cuda_graphs: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = build_architecture(architecture, num_classes=num_classes, img_channels=img_channels,
@@ -69,10 +69,14 @@ class NetModule(pl.LightningModule):
         self.__dict__["_compiled_net"] = torch.compile(self.net, mode=mode) if compile else None
         # The preprocessing is a long chain of small elementwise kernels: compiled, it fuses into a few.
         self.__dict__["_compiled_preprocess"] = torch.compile(self._preprocess, mode=mode) if compile else None
+        # With cuda_graphs, made at the first training batch on a GPU (graphing needs a real batch's shape).
+        self.__dict__["_graphed_net"] = None
+        self.__dict__["_graphed_shape"] = None
 
     def __getstate__(self) -> dict[str, Any]:
-        # Compiled functions do not pickle (ddp_spawn pickles the module): they are made again on unpickling.
-        return {key: value for key, value in super().__getstate__().items() if not key.startswith("_compiled_")}
+        # Compiled functions and CUDA graphs do not pickle (ddp_spawn pickles the module): they are made again.
+        return {key: value for key, value in super().__getstate__().items()
+                if not key.startswith(("_compiled_", "_graphed_"))}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -92,7 +96,7 @@ class NetModule(pl.LightningModule):
             normalization=normalization if config["normalize"] else None,
             device_augmentations=device_augmentation_settings(config), image_size=tuple(config["image_size"]),
             class_names=class_names, channels_last=config["channels_last"], compile=config["compile"],
-            compile_mode=config["compile_mode"],
+            compile_mode=config["compile_mode"], cuda_graphs=config["cuda_graphs"],
         )
 
     @property
@@ -100,10 +104,23 @@ class NetModule(pl.LightningModule):
         return sum(p.numel() for p in self.net.parameters())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.hparams.cuda_graphs and self.training and _graphable(images):
+            graphed = self._graphed_for(images)
+            if graphed is not None:
+                return graphed(images)
         # `is None`, not `or`: a compiled module's truth value asks the network for len(), which GhostNet lacks.
         if self._compiled_net is None:
             return self.net(images)
         return self._compiled_net(_any_batch_size(images))
+
+    def _graphed_for(self, images: torch.Tensor) -> torch.nn.Module | None:
+        """The network's graphed training passes for batches of this shape: made at the first training batch; None
+        for batches of another shape (the epoch's last, smaller one), which run the network directly."""
+        if self._graphed_net is None:
+            net = self.net if self._compiled_net is None else self._compiled_net
+            self.__dict__["_graphed_net"] = graph_training_passes(net, images)
+            self.__dict__["_graphed_shape"] = images.shape
+        return self._graphed_net if images.shape == self._graphed_shape else None
 
     def preprocess(self, images: torch.Tensor, train: bool, drawn: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 or [0, 1] float batch -> augmented (optional) and normalized float batch. `drawn` holds the
@@ -178,6 +195,11 @@ class NetModule(pl.LightningModule):
         optimizer = build_optimizer(self.hparams.optimizer, self.hparams.optimizer_params or {}, self.parameters())
         scheduler = build_scheduler(self.hparams.lr_scheduler, self.hparams.lr_scheduler_params, optimizer)
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def _graphable(images: torch.Tensor) -> bool:
+    """Whether a batch can run through CUDA graphs: on a CUDA device."""
+    return images.is_cuda
 
 
 def _any_batch_size(batch: torch.Tensor) -> torch.Tensor:

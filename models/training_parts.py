@@ -72,6 +72,10 @@ def check_training_parts(config: dict[str, Any]) -> None:
 HARDWARE_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "precision", "sync_batchnorm")
 
 
+# torch.compile's modes that replay CUDA graphs (max-autotune does too, unlike max-autotune-no-cudagraphs).
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
 def check_hardware(config: dict[str, Any]) -> None:
     """Settings the chosen hardware cannot run, reported before anything starts: Lightning's own checks of
     accelerator, devices, strategy and precision run on a throwaway Trainer (it starts no process)."""
@@ -79,21 +83,33 @@ def check_hardware(config: dict[str, Any]) -> None:
 
     import pytorch_lightning as pl
 
+    if config["cuda_graphs"]:
+        if str(config["precision"]) not in ("32-true", "32"):
+            raise ConfigError(f"cuda_graphs: true runs with precision 32-true only, got {config['precision']!r} "
+                              "(autocast's cache cannot be captured in a CUDA graph)")
+        if config["compile"] and config["compile_mode"] in CUDA_GRAPH_MODES:
+            raise ConfigError(f"cuda_graphs: true with compile_mode {config['compile_mode']!r} would replay CUDA "
+                              "graphs inside CUDA graphs: set compile_mode: default (or cuda_graphs: false)")
     on_cpu = config["accelerator"] == "cpu" or (config["accelerator"] == "auto" and not torch.cuda.is_available())
     if config["sync_batchnorm"] and on_cpu:
         raise ConfigError("sync_batchnorm: true needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on the CPU)")
+    if config["cuda_graphs"] and (on_cpu or config["accelerator"] == "mps"):
+        raise ConfigError("cuda_graphs: true needs a CUDA GPU (set cuda_graphs: false to train on this machine)")
     lightning_log = logging.getLogger("pytorch_lightning")
     level = lightning_log.level
     lightning_log.setLevel(logging.WARNING)  # the real Trainer prints the same "GPU available" lines right after
     try:
-        pl.Trainer(**{key: config[key] for key in HARDWARE_KEYS}, logger=False, enable_checkpointing=False,
-                   enable_progress_bar=False, enable_model_summary=False)
+        trainer = pl.Trainer(**{key: config[key] for key in HARDWARE_KEYS}, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False)
     except Exception as error:  # noqa: BLE001 - Lightning raises MisconfigurationException, ValueError, RuntimeError...
         settings = ", ".join(f"{key}: {config[key]!r}" for key in HARDWARE_KEYS[:5])
         reason = " ".join(str(error).split())[:300]
         raise ConfigError(f"this machine cannot run {settings} ({reason})") from None
     finally:
         lightning_log.setLevel(level)
+    if config["cuda_graphs"] and trainer.world_size > 1:
+        raise ConfigError(f"cuda_graphs: true trains on one GPU; these settings start {trainer.world_size} "
+                          "processes (set devices: 1, or cuda_graphs: false)")
 
 
 def build_loss(name: str, params: dict[str, Any] | None) -> torch.nn.Module:

@@ -118,3 +118,50 @@ def test_compiled_steps_under_cuda_graphs_compute_what_eager_ones_do() -> None:
     for index, ((loss, grad), (compiled_loss, compiled_grad)) in enumerate(zip(steps["eager"], compiled_steps)):
         assert compiled_loss == pytest.approx(loss, rel=1e-4), f"step {index}"
         assert (compiled_grad - grad).norm() <= 0.05 * grad.norm(), f"step {index}"
+
+
+def test_graphed_network_passes_give_the_networks_losses_gradients_and_statistics() -> None:
+    """`cuda_graphs: true`: the network's training forward and backward replayed as graphs must give what the
+    network itself gives on batches A, B, A, B (a replay that read a stale input or wrote over a live output would
+    not), and leave batch norm's running statistics where eager passes leave them (graphing's warm-up passes are
+    undone). The last, smaller batch runs the network directly. TF32 off, dropout off, weights fixed."""
+    config = validate({"image_size": [64, 64], "dropout": 0.0})
+    names = [str(i) for i in range(10)]
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    a, b, small = [(torch.randint(0, 256, (size, 3, 64, 64), dtype=torch.uint8, device="cuda", generator=generator),
+                    torch.randint(0, 10, (size,), device="cuda", generator=generator)) for size in (8, 8, 4)]
+    eager = NetModule.from_config(config, 10, names).cuda()
+    graphed = NetModule.from_config({**config, "cuda_graphs": True}, 10, names).cuda()
+    graphed.load_state_dict(eager.state_dict())
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    steps = {}
+    try:
+        for name, module in (("eager", eager), ("graphed", graphed)):
+            module.train()
+            steps[name] = []
+            for images, targets in (a, b, a, b, small):
+                module.zero_grad(set_to_none=True)
+                loss = module._step((module.preprocess(images, train=True), targets), "train")
+                loss.backward()
+                steps[name].append((loss.item(), torch.cat([p.grad.flatten() for p in module.parameters()])))
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    assert graphed._graphed_shape == (8, 3, 64, 64)
+    for index, ((loss, grad), (graphed_loss, graphed_grad)) in enumerate(zip(steps["eager"], steps["graphed"])):
+        assert graphed_loss == pytest.approx(loss, rel=1e-4), f"step {index}"
+        assert (graphed_grad - grad).norm() <= 1e-3 * grad.norm(), f"step {index}"
+    for (name, buffer), graphed_buffer in zip(eager.net.named_buffers(), graphed.net.buffers()):
+        torch.testing.assert_close(graphed_buffer, buffer, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_train_runs_on_the_gpu_with_graphed_network_passes(tmp_path: Path) -> None:
+    data = generated_prepared_data(tmp_path / "data", classes=4, train_per_class=9, test_per_class=4)
+    config = tiny_config(tmp_path, data, accelerator="gpu", cuda_graphs=True, channels_last=True,
+                         gpu_augmentations=True, num_workers=2)
+    result = run_train(["--config", str(config)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = next((tmp_path / "output").iterdir())
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert list(metrics["epoch"]) == [0, 1] and metrics["train_loss"].notna().all()
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"

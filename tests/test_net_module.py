@@ -107,3 +107,46 @@ def test_each_batch_starts_a_cuda_graph_step_only_when_cuda_graphs_are_compiled(
     images, targets = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8), torch.tensor([0, 1])
     out, _ = module.on_after_batch_transfer((images, targets), 0)
     assert out.dtype == torch.float32 and len(begun) == marks
+
+
+def test_cuda_graphs_graph_the_first_training_batchs_shape_once_and_keep_batch_norm_statistics(monkeypatch) -> None:
+    """Where CUDA is missing, graphing is stood in for by a module that runs the network as the graph would
+    (its warm-up passes included): what is checked here is which batches go through the graph, and that the
+    warm-up leaves batch norm's running statistics as one training pass leaves them."""
+    import models.cuda_graphs
+    import models.net_module
+
+    captured = []
+
+    def stand_in(module, sample_args):  # noqa: ANN001, ANN202
+        captured.append(tuple(sample_args[0].shape))
+        for _ in range(3):  # make_graphed_callables' warm-up passes
+            module(*sample_args)
+        module.passes = 0
+        original = module.forward
+
+        def forward(images):  # noqa: ANN001, ANN202
+            module.passes += 1
+            return original(images)
+        module.forward = forward
+        return module
+
+    monkeypatch.setattr(models.cuda_graphs.torch.cuda, "make_graphed_callables", stand_in)
+    monkeypatch.setattr(models.net_module, "_graphable", lambda images: True)
+    torch.manual_seed(0)
+    graphed = NetModule("ghost", num_classes=5, cuda_graphs=True)
+    plain = NetModule("ghost", num_classes=5)
+    plain.load_state_dict(graphed.state_dict())
+    batch, last = torch.randn(4, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    for module in (graphed, plain):
+        module.train()
+        module(batch)
+    assert captured == [(4, 3, 32, 32)]
+    for name, buffer in plain.net.named_buffers():  # one training pass's update, not four
+        torch.testing.assert_close(dict(graphed.net.named_buffers())[name], buffer)
+    graphed(batch)
+    graphed(last)  # another shape: the network directly
+    graphed.eval()
+    graphed(batch)  # evaluation: the network directly
+    assert captured == [(4, 3, 32, 32)] and graphed._graphed_net.passes == 2
+    assert not any(key.startswith("_graphed") for key in graphed.__getstate__())

@@ -103,3 +103,18 @@ def test_early_stopping_follows_the_thesis_rule_unless_set(values: dict, patienc
 def test_sync_batchnorm_on_the_cpu_is_refused() -> None:
     with pytest.raises(ConfigError, match="sync_batchnorm: true needs CUDA"):
         check_hardware(validate({"sync_batchnorm": True, "accelerator": "cpu"}))
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"precision": "bf16-mixed"}, "cuda_graphs: true runs with precision 32-true only, got 'bf16-mixed'"),
+    ({"compile": True}, "cuda_graphs: true with compile_mode 'reduce-overhead' would replay CUDA graphs inside"),
+    ({"compile": True, "compile_mode": "max-autotune"}, "compile_mode 'max-autotune' would replay"),
+    ({"accelerator": "cpu"}, "cuda_graphs: true needs a CUDA GPU"),
+])
+def test_cuda_graphs_settings_that_cannot_run_are_refused_before_training(settings, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        check_hardware(validate({"cuda_graphs": True, "accelerator": "cpu", **settings}))
+
+
+def test_cuda_graphs_off_leaves_the_same_settings_alone() -> None:
+    check_hardware(validate({"accelerator": "cpu", "precision": "bf16-mixed", "compile": True}))
