@@ -6,7 +6,8 @@
 #
 #     bash benchmarks/gpu_session.sh [step ...]      (default: data tests graph-epochs compile-epochs step-graph)
 #
-# 15 minutes of device time hold two calls: the default steps (BUDGET=520), then `graph-test throughput` (BUDGET=200).
+# 15 minutes of device time hold two calls: the default steps (BUDGET=520), then `data graph-throughput graph-test
+# throughput` (BUDGET=220).
 # Steps, in the order they run:
 #   data            generates the data the wanted steps read, in the background (CPU only), so that it is ready
 #                   when the first timed step starts; timed steps wait for it
@@ -21,6 +22,7 @@
 #                   52 s warm, 2026-11-26)
 #   throughput      model-only vs full pipeline, fp32, channels_last on, compile off and on (the config's
 #                   compile_mode, reduce-overhead: CUDA graphs)
+#   graph-throughput the same with cuda_graphs on and compile off
 #   compile-default the same with compile_mode default (slower than eager on an H100, 2026-11-26)
 #   step-graph      model-only steps: compile reduce-overhead against the whole step in one CUDA graph (eager and
 #                   compiled network, then with the preprocessing) and against make_graphed_callables (eager and
@@ -96,7 +98,7 @@ if want data; then
     # compile on, (5 warm-up + BATCHES) x BATCH per split; step_profile's, 10 warm-up batches.
     NEEDS=()
     { want profile || want profile-eager; } && NEEDS+=("'$PROFILE_DATA', (10 + 30) * $BATCH, $BATCH")
-    { want throughput || want compile-default; } && NEEDS+=("'$BENCH_DATA', (5 + $BATCHES) * $BATCH, (5 + $BATCHES) * $BATCH")
+    { want throughput || want compile-default || want graph-throughput; } && NEEDS+=("'$BENCH_DATA', (5 + $BATCHES) * $BATCH, (5 + $BATCHES) * $BATCH")
     { want compile-epochs || want epochs || want graph-epochs; } && NEEDS+=("'$EPOCH_DATA', $TRAIN, $TEST")
     $PY -c "
 from pathlib import Path
@@ -120,6 +122,8 @@ want compile-epochs && step compile-epochs 240 $PY -m benchmarks.epoch_time --ep
     --test-images "$TEST" --data-dir $EPOCH_DATA --set $FAST compile=true ${COMPILE_MODE:+compile_mode=$COMPILE_MODE}
 want throughput && step throughput 240 $PY -m benchmarks.training_throughput $BENCH --compile both \
     --data-dir $BENCH_DATA
+want graph-throughput && step graph-throughput 120 $PY -m benchmarks.training_throughput $BENCH --compile off \
+    --cuda-graphs --data-dir $BENCH_DATA
 want compile-default && step compile-default 240 $PY -m benchmarks.training_throughput $BENCH --compile on \
     --compile-mode default --data-dir $BENCH_DATA
 # 30 steps: torch.profiler's trace of 100 took too long to read back within the limit (2026-11-26).

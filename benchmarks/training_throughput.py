@@ -36,6 +36,7 @@ from benchmarks.common import (
     synchronize,
 )
 from datasets.stanford_data_module import StanfordCarsDataModule
+from models.training_parts import CUDA_GRAPH_MODES
 from utils.cli import run_main
 from utils.configuration import KEYS, validate
 from utils.errors import UserError
@@ -53,7 +54,6 @@ def model_only(config: dict[str, Any], device: torch.device, precision: str, cha
     """Training images/s of forward + backward + optimizer step on synthetic tensors that live on the device, with
     the loss and optimizer that training builds from `config`. `profiler`, when given, records the timed steps."""
     from models.arch_dict import build_architecture
-    from models.net_module import CUDA_GRAPH_MODES
     from models.training_parts import build_loss, build_optimizer
 
     net = build_architecture(config["architecture"], num_classes=NUM_CLASSES, img_channels=3,
@@ -61,6 +61,11 @@ def model_only(config: dict[str, Any], device: torch.device, precision: str, cha
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(memory_format=memory_format)
     step_net = torch.compile(net, mode=config["compile_mode"]) if compile else net
+    if config["cuda_graphs"]:  # as NetModule does at its first training batch
+        from models.cuda_graphs import graph_training_passes
+
+        step_net = graph_training_passes(step_net, torch.randn(config["batch_size"], 3, *config["image_size"],
+                                                               device=device).contiguous(memory_format=memory_format))
     loss_fn = build_loss(config["loss_function"], config["loss_params"])
     optimizer = build_optimizer(config["optimizer"], config["optimizer_params"], net.parameters())
     size = config["image_size"]
@@ -165,6 +170,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         default=KEYS["compile_mode"].default,
                         help="torch.compile's mode for the compile-on rows (the config's compile_mode; default "
                              f"{KEYS['compile_mode'].default})")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="every row with cuda_graphs on: the network's training passes graphed by "
+                             "make_graphed_callables (CUDA, 32-true; with compile, --compile-mode default)")
     parser.add_argument("--augment", choices=["auto", "cpu", "device"], default="auto",
                         help="where the full pipeline augments: auto = device with a GPU, cpu otherwise")
     parser.add_argument("--workers", type=int, default=None,
@@ -189,6 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     compiles = {"both": [False, True], "off": [False], "on": [True],
                 "auto": [False, True] if device.type == "cuda" else [False]}[args.compile]
     lasts = {"both": [False, True], "off": [False], "on": [True]}[args.channels_last]
+    if args.cuda_graphs:
+        if device.type != "cuda":
+            raise UserError("--cuda-graphs needs a CUDA GPU")
+        if args.precisions != ["32-true"]:
+            raise UserError("--cuda-graphs runs with --precisions 32-true only (autocast's cache cannot be captured)")
+        if True in compiles and args.compile_mode in CUDA_GRAPH_MODES:
+            raise UserError(f"--cuda-graphs with compile mode {args.compile_mode} would nest CUDA graphs: give "
+                            "--compile-mode default (or --compile off)")
     on_device = args.augment == "device" or (args.augment == "auto" and device.type == "cuda")
     settings = list(itertools.product(args.precisions, lasts, compiles))
     machine = machine_description()  # before the run, so that the load average is the one it started under
@@ -201,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {"stanford_data_path": str(data_path), "cache_dir": str(Path(tmp) / "cache"),
                      "image_size": [args.image_size, args.image_size], "batch_size": args.batch_size,
                      "gpu_augmentations": on_device, "num_workers": args.workers,
-                     "valid_batch_size": args.valid_batch_size, "compile_mode": args.compile_mode}
+                     "valid_batch_size": args.valid_batch_size, "compile_mode": args.compile_mode,
+                     "cuda_graphs": args.cuda_graphs}
         config = validate(overrides)
         prepared = StanfordCarsDataModule(config)
         prepared.setup("fit")  # build the cache once, outside every timing
@@ -210,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         for precision, channels_last, compile in settings:
             warmup = args.warmup if args.warmup is not None else (5 if compile else 3)
             compiled = f"on ({args.compile_mode})"
-            label = f"{precision}, channels_last {'on' if channels_last else 'off'}, compile {compiled if compile else 'off'}"
+            label = (f"{precision}, channels_last {'on' if channels_last else 'off'}, compile "
+                     f"{compiled if compile else 'off'}{', cuda_graphs' if args.cuda_graphs else ''}")
             print(f"measuring {label} ...", flush=True)
             model_rate = model_only(config, device, precision, channels_last, compile, args.batches, warmup)
             print(f"  {label}: model-only {model_rate:.1f} img/s", flush=True)  # shown even if the next part fails

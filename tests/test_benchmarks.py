@@ -238,3 +238,9 @@ def test_step_graph_reports_a_failing_variant_and_still_measures_the_others(monk
     failed, measured = table_rows(capsys.readouterr().out)
     assert failed[1] == "failed" and failed[4] == "RuntimeError: operation not permitted when stream is capturing"
     assert measured[0].startswith("(e)") and float(measured[1]) > 0
+
+
+def test_throughput_with_cuda_graphs_refuses_what_cannot_be_graphed() -> None:
+    refused = run_module("benchmarks.training_throughput", ["--cuda-graphs", "--device", "cpu"])
+    assert refused.returncode != 0 and "--cuda-graphs needs a CUDA GPU" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
