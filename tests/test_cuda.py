@@ -75,6 +75,27 @@ def test_train_runs_on_the_gpu_with_bf16_channels_last_and_device_augmentations(
     assert all(not key.startswith("_compiled") for key in checkpoint["state_dict"])
 
 
+def fixed_weight_steps(modules: dict[str, NetModule], batches: list) -> dict[str, list[tuple[float, torch.Tensor]]]:
+    """Each module's loss and flattened gradients on each (uint8 images, targets) batch, in training mode, with the
+    weights fixed (no optimizer step) and TF32 off, so that the modules compare to float32 rounding."""
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    steps = {}
+    try:
+        for name, module in modules.items():
+            module.train()
+            steps[name] = []
+            for images, targets in batches:
+                torch.compiler.cudagraph_mark_step_begin()  # as NetModule.on_after_batch_transfer does
+                module.zero_grad(set_to_none=True)
+                loss = module._step((module.preprocess(images, train=True), targets), "train")
+                loss.backward()
+                steps[name].append((loss.item(), torch.cat([p.grad.flatten() for p in module.parameters()])))
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    return steps
+
+
 def test_compiled_steps_under_cuda_graphs_compute_what_eager_ones_do() -> None:
     """compile_mode reduce-overhead replays CUDA graphs that reuse their memory from step to step: a replayed step
     must give what the same compiled step gave before any graph existed, and what an eager step gives.
@@ -94,21 +115,7 @@ def test_compiled_steps_under_cuda_graphs_compute_what_eager_ones_do() -> None:
     eager = NetModule.from_config(config, 10, names).cuda()
     compiled = NetModule.from_config({**config, "compile": True}, 10, names).cuda()
     compiled.load_state_dict(eager.state_dict())
-    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    steps = {}
-    try:
-        for name, module in (("eager", eager), ("compiled", compiled)):
-            module.train()
-            steps[name] = []
-            for images, targets in batches:
-                torch.compiler.cudagraph_mark_step_begin()  # as NetModule.on_after_batch_transfer does
-                module.zero_grad(set_to_none=True)
-                loss = module._step((module.preprocess(images, train=True), targets), "train")
-                loss.backward()
-                steps[name].append((loss.item(), torch.cat([p.grad.flatten() for p in module.parameters()])))
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    steps = fixed_weight_steps({"eager": eager, "compiled": compiled}, batches)
     assert steps["eager"][0][0] != steps["eager"][1][0]  # the two batches differ
     compiled_steps = steps["compiled"]
     for index in range(2, len(batches)):  # each repeat against the same batch's first compiled step
@@ -133,20 +140,7 @@ def test_graphed_network_passes_give_the_networks_losses_gradients_and_statistic
     eager = NetModule.from_config(config, 10, names).cuda()
     graphed = NetModule.from_config({**config, "cuda_graphs": True}, 10, names).cuda()
     graphed.load_state_dict(eager.state_dict())
-    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    steps = {}
-    try:
-        for name, module in (("eager", eager), ("graphed", graphed)):
-            module.train()
-            steps[name] = []
-            for images, targets in (a, b, a, b, small):
-                module.zero_grad(set_to_none=True)
-                loss = module._step((module.preprocess(images, train=True), targets), "train")
-                loss.backward()
-                steps[name].append((loss.item(), torch.cat([p.grad.flatten() for p in module.parameters()])))
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    steps = fixed_weight_steps({"eager": eager, "graphed": graphed}, [a, b, a, b, small])
     assert graphed._graphed_shape == (8, 3, 64, 64)
     for index, ((loss, grad), (graphed_loss, graphed_grad)) in enumerate(zip(steps["eager"], steps["graphed"])):
         assert graphed_loss == pytest.approx(loss, rel=1e-4), f"step {index}"
