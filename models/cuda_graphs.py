@@ -2,9 +2,10 @@
 `torch.cuda.make_graphed_callables`.
 
 On an H100 a compiled GhostNet step was bound by the host (2026-11-26, documentation/performance.md): even with
-torch.compile's own CUDA graphs, the Python around each replay and the gradients handed back one tensor at a time
-cost about 12 ms of a 19 ms step. A graphed callable is one autograd node: its forward replays one graph, its
-backward another, and Lightning's loop, the loss, the optimizer and the schedulers stay as they are.
+torch.compile's own CUDA graphs, the host's forward and backward took about 12 ms of a 19 ms step, presumably the
+Python around each replay and the gradients handed back one tensor at a time. A graphed callable is one autograd
+node: its forward replays one graph, its backward another, and Lightning's loop, the loss, the optimizer and the
+schedulers stay as they are. Not yet run on a GPU.
 """
 
 from __future__ import annotations
