@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from utils.errors import ConfigError
+
 
 class _Forward(nn.Module):
     """A plain holder of the network, so that graphing patches this holder's forward, not the network's own
@@ -31,12 +33,18 @@ def graph_training_passes(net: nn.Module, sample: torch.Tensor) -> nn.Module:
 
     `make_graphed_callables` runs a few warm-up passes on `sample` before it captures, which would also move batch
     norm's running statistics: they are put back, in place (the graphs hold their addresses). Call in training mode,
-    outside autocast, with `net` on a CUDA device.
+    outside autocast, with `net` on a CUDA device. A network that cannot be graphed (an operation that waits for
+    the host, say) is a ConfigError naming the setting.
     """
     buffers = list(net.buffers())
     saved = [buffer.clone() for buffer in buffers]
-    graphed = torch.cuda.make_graphed_callables(_Forward(net), (sample.detach(),))
-    with torch.no_grad():
-        for buffer, value in zip(buffers, saved):
-            buffer.copy_(value)
-    return graphed
+    try:
+        return torch.cuda.make_graphed_callables(_Forward(net), (sample.detach(),))
+    except (RuntimeError, AssertionError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise ConfigError(f"cuda_graphs: true, but the network could not be graphed ({reason}); set cuda_graphs: "
+                          "false") from error
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(buffers, saved):
+                buffer.copy_(value)

@@ -150,3 +150,24 @@ def test_cuda_graphs_graph_the_first_training_batchs_shape_once_and_keep_batch_n
     graphed(batch)  # evaluation: the network directly
     assert captured == [(4, 3, 32, 32)] and graphed._graphed_net.passes == 2
     assert not any(key.startswith("_graphed") for key in graphed.__getstate__())
+
+
+def test_a_network_that_cannot_be_graphed_is_one_config_error_and_keeps_its_statistics(monkeypatch) -> None:
+    import models.cuda_graphs
+    import models.net_module
+    from utils.errors import ConfigError
+
+    def fails(module, sample_args):  # noqa: ANN001, ANN202
+        module(*sample_args)  # a warm-up pass moved the statistics before the capture failed
+        raise RuntimeError("operation not permitted when stream is capturing\nCUDA error details")
+
+    monkeypatch.setattr(models.cuda_graphs.torch.cuda, "make_graphed_callables", fails)
+    monkeypatch.setattr(models.net_module, "_graphable", lambda images: True)
+    module = NetModule("ghost", num_classes=5, cuda_graphs=True)
+    before = {name: buffer.clone() for name, buffer in module.net.named_buffers()}
+    module.train()
+    with pytest.raises(ConfigError, match=r"cuda_graphs: true, but the network could not be graphed \(operation "
+                                          r"not permitted when stream is capturing\); set cuda_graphs: false$"):
+        module(torch.randn(4, 3, 32, 32))
+    for name, buffer in module.net.named_buffers():
+        torch.testing.assert_close(buffer, before[name])
