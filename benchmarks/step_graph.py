@@ -24,8 +24,8 @@ numbers drawn inside a graph do not make the runs differ); each one's losses ove
 an eager run's, since a graph that read a stale buffer would train on something else. (b) runs eager's kernels and
 should stay close; compiled variants drift further, since AdamW's normalised steps amplify the compiled backward's
 rounding (on the CPU, (a) and (c) were 9.6 % apart from eager after 8 steps of batch 4 at 32 px). It prints ms per
-step, images/s and the ratio to (a). CUDA only; `--dry-run` runs every variant without capturing (replays call the step function),
-which checks the plumbing on a CPU and measures nothing.
+step, images/s and the ratio to (a). CUDA only; `--dry-run` runs every variant without capturing (replays call the
+step function), which checks the plumbing on a CPU and measures nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ import torch
 import torch._dynamo
 
 from benchmarks.common import NUM_CLASSES, load_average, machine_description, markdown_table, synchronize
+from models.cuda_graphs import graph_training_passes
+from models.training_parts import CUDA_GRAPH_MODES
 from utils.cli import positive_int, run_main
 from utils.configuration import validate
 from utils.errors import UserError
@@ -97,13 +99,11 @@ def python_loop(config: dict[str, Any], device: torch.device, batches: Batches, 
     after each step's queueing, synchronised at the end of the untimed steps and of the last)."""
     module, optimizer = build(config, device, capturable=False)
     net = torch.compile(module.net, mode=compile_mode) if compile_mode else module.net
-    if graphed and not dry_run:
-        # Its warm-up runs forward and backward passes (torch.autograd.grad: no .grad is touched) that also update
-        # batch norm's running statistics; training-mode outputs do not depend on those.
-        net = torch.cuda.make_graphed_callables(net, (batches.float[0],))
+    if graphed and not dry_run:  # as NetModule does with cuda_graphs at its first training batch
+        net = graph_training_passes(net, batches.float[0])
     losses, marks = [], []
     for step in range(steps):
-        if compile_mode in ("reduce-overhead", "max-autotune"):
+        if compile_mode in CUDA_GRAPH_MODES:
             torch.compiler.cudagraph_mark_step_begin()
         loss = module.loss(net(batches.float[step % POOL]), batches.targets[step % POOL])
         optimizer.zero_grad(set_to_none=True)
@@ -243,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average (1, 5, 15 min) at end: {load_average()}")
     print(f"GhostNet (output_channels {config['output_channels']}, {NUM_CLASSES} classes), batch {args.batch_size}, "
           f"{args.image_size}x{args.image_size} px, fp32, channels_last {config['channels_last']}, dropout off; "
-          f"{steps - steps // 2} timed steps after {steps // 2}{'; DRY RUN: no graphs, nothing measured' * args.dry_run}")
+          f"{steps - steps // 2} timed steps after {steps // 2}"
+          f"{'; DRY RUN: no graphs, nothing measured' * args.dry_run}")
     print()
     print(markdown_table(["variant", "ms per step", "images/s", "speed vs first row",
                           f"losses vs eager, first {CHECKED_STEPS} steps (max relative difference)"], rows))
