@@ -14,8 +14,8 @@
 #   tests           the CUDA tests (correctness on the GPU; runs while data is generated), but the one that compiles
 #   graph-test      that one: compiled training steps under CUDA graphs against eager ones (also while the data is
 #                   generated; its 64 px graphs share no compiled kernels with the 227 px steps)
-#   graph-epochs    real epochs of train() with cuda_graphs on (the network's training passes as CUDA graphs, no
-#                   compile): the C-50 projection and where each epoch's time goes
+#   graph-epochs    real epochs of train() with cuda_graphs on (each training batch's forward, loss and backward
+#                   replayed as one CUDA graph, no compile): the C-50 projection and where each epoch's time goes
 #   compile-epochs  real epochs of train() with compile on (COMPILE_MODE overrides the mode): the C-50 projection,
 #                   compilation included, and where each epoch's time goes; run first, while torch.compile's caches
 #                   on a fresh machine are cold, as on a user's first run (on an H100: 129 s of compilation cold,
@@ -25,8 +25,8 @@
 #   graph-throughput the same with cuda_graphs on and compile off
 #   compile-default the same with compile_mode default (slower than eager on an H100, 2026-11-26)
 #   step-graph      model-only steps: compile reduce-overhead against the whole step in one CUDA graph (eager and
-#                   compiled network, then with the preprocessing) and against make_graphed_callables (eager and
-#                   compiled network), each variant printed as soon as it is measured
+#                   compiled network, then with the preprocessing) and against cuda_graphs' TrainingGraph (forward,
+#                   loss and backward; eager and compiled network), each variant printed as soon as it is measured
 #   profile         where a full-pipeline step spends its time, compile on: the host per Lightning action, the GPU
 #                   busy share and its kernels, against the model-only loop's (profile-eager: the same, compile off)
 #   overhead syncs pipeline epochs   Lightning's host time per step, host-device syncs per batch, the data

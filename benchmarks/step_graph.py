@@ -14,10 +14,10 @@ script measures the alternative before it is built into training:
       compiler's fused kernels run inside the one graph;
   (d) as (c), with the on-device preprocessing (uint8 -> float, the default augmentations with parameters drawn as
       the workers draw them, Normalize) compiled and captured in the same graph: the whole step's GPU work;
-  (e) the network's forward and backward graphed by `torch.cuda.make_graphed_callables` (PyTorch's API for it: one
-      autograd node whose forward and backward replay graphs), the loss and the optimizer eager: what fits
-      Lightning's loop as it is (the optimizer, schedulers and checkpoints untouched);
-  (f) as (e), the network compiled (default mode) before it is graphed.
+  (e) forward, loss and backward captured in one graph by `models/cuda_graphs.py`'s TrainingGraph, the optimizer
+      eager: what `cuda_graphs: true` trains with, which fits Lightning's loop as it is (the optimizer,
+      schedulers and checkpoints untouched);
+  (f) as (e), the network compiled (default mode) inside the graph.
 
 Every variant starts from the same weights and trains on the same rotating batches (dropout off, so that random
 numbers drawn inside a graph do not make the runs differ); each one's losses over its first steps are compared with
@@ -25,7 +25,7 @@ an eager run's, since a graph that read a stale buffer would train on something 
 should stay close; compiled variants drift further, since AdamW's normalised steps amplify the compiled backward's
 rounding (on the CPU, (a) and (c) were 9.6 % apart from eager after 8 steps of batch 4 at 32 px). It prints ms per
 step, images/s and the ratio to (a). CUDA only; `--dry-run` runs every variant without capturing (replays call the
-step function), which checks the plumbing on a CPU and measures nothing.
+step function; TrainingGraph with capture=False), which checks the plumbing on a CPU and measures nothing.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import torch
 import torch._dynamo
 
 from benchmarks.common import NUM_CLASSES, load_average, machine_description, markdown_table, synchronize
-from models.cuda_graphs import graph_training_passes
+from models.cuda_graphs import TrainingGraph
 from models.training_parts import CUDA_GRAPH_MODES
 from utils.cli import positive_int, run_main
 from utils.configuration import validate
@@ -50,8 +50,8 @@ VARIANTS = {
     "b": "whole step in one CUDA graph, eager network",
     "c": "whole step in one CUDA graph, compiled network",
     "d": "as (c), device preprocessing from uint8 in the graph too",
-    "e": "make_graphed_callables: network forward + backward graphed, loss and optimizer eager",
-    "f": "as (e), the network compiled (default mode) first",
+    "e": "cuda_graphs: true (forward, loss and backward in one graph, optimizer eager), eager network",
+    "f": "as (e), the network compiled (default mode)",
 }
 CHECKED_STEPS = 8  # losses compared with the eager run's over these first steps
 POOL = 4  # distinct batches, used in turn
@@ -94,20 +94,25 @@ def build(config: dict[str, Any], device: torch.device, capturable: bool) -> Any
 
 def python_loop(config: dict[str, Any], device: torch.device, batches: Batches, steps: int, compile_mode: str | None,
                 graphed: bool = False, dry_run: bool = False) -> tuple[list[float], list[float]]:
-    """The step as Python runs it, eager (compile_mode None) or through torch.compile, the network optionally
-    graphed by make_graphed_callables (not in a dry run): (losses of the first CHECKED_STEPS steps, the wall clock
-    after each step's queueing, synchronised at the end of the untimed steps and of the last)."""
+    """The step as Python runs it, eager (compile_mode None) or through torch.compile, its forward, loss and backward
+    optionally one TrainingGraph (recorded only when not a dry run): (losses of the first CHECKED_STEPS steps, the
+    wall clock after each step's queueing, synchronised at the end of the untimed steps and of the last)."""
     module, optimizer = build(config, device, capturable=False)
     net = torch.compile(module.net, mode=compile_mode) if compile_mode else module.net
-    if graphed and not dry_run:  # as NetModule does with cuda_graphs at its first training batch
-        net = graph_training_passes(net, batches.float[0])
+    graph = None
+    if graphed:  # as NetModule does with cuda_graphs at its first training batch
+        graph = TrainingGraph(module.net, module.loss, batches.float[0], batches.targets[0], forward=net,
+                              capture=not dry_run)
     losses, marks = [], []
     for step in range(steps):
         if compile_mode in CUDA_GRAPH_MODES:
             torch.compiler.cudagraph_mark_step_begin()
-        loss = module.loss(net(batches.float[step % POOL]), batches.targets[step % POOL])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if graph is not None:
+            loss, _ = graph.run(batches.float[step % POOL], batches.targets[step % POOL])
+        else:
+            loss = module.loss(net(batches.float[step % POOL]), batches.targets[step % POOL])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         optimizer.step()
         if step < CHECKED_STEPS:
             losses.append(loss.item())  # a sync, only in the untimed first steps

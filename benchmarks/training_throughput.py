@@ -61,17 +61,17 @@ def model_only(config: dict[str, Any], device: torch.device, precision: str, cha
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(memory_format=memory_format)
     step_net = torch.compile(net, mode=config["compile_mode"]) if compile else net
-    if config["cuda_graphs"]:  # as NetModule does at its first training batch
-        from models.cuda_graphs import graph_training_passes
-
-        step_net = graph_training_passes(step_net, torch.randn(config["batch_size"], 3, *config["image_size"],
-                                                               device=device).contiguous(memory_format=memory_format))
     loss_fn = build_loss(config["loss_function"], config["loss_params"])
     optimizer = build_optimizer(config["optimizer"], config["optimizer_params"], net.parameters())
     size = config["image_size"]
     images = torch.randn(config["batch_size"], 3, *size, device=device).contiguous(memory_format=memory_format)
     targets = torch.randint(0, NUM_CLASSES, (config["batch_size"],), device=device)
     net.train()
+    graph = None
+    if config["cuda_graphs"]:  # as NetModule does at its first training batch
+        from models.cuda_graphs import TrainingGraph
+
+        graph = TrainingGraph(net, loss_fn, images, targets, forward=step_net)
     for index in range(warmup + batches):
         if index == warmup:
             synchronize(device)
@@ -80,10 +80,13 @@ def model_only(config: dict[str, Any], device: torch.device, precision: str, cha
             start = time.perf_counter()
         if compile and config["compile_mode"] in CUDA_GRAPH_MODES:
             torch.compiler.cudagraph_mark_step_begin()  # as NetModule does: each step may reuse the last's memory
-        with autocast(device, precision):
-            loss = loss_fn(step_net(images), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if graph is not None:
+            graph.run(images, targets)  # forward, loss and backward; the gradients land in the parameters
+        else:
+            with autocast(device, precision):
+                loss = loss_fn(step_net(images), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         optimizer.step()
     synchronize(device)
     seconds = time.perf_counter() - start
@@ -171,8 +174,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="torch.compile's mode for the compile-on rows (the config's compile_mode; default "
                              f"{KEYS['compile_mode'].default})")
     parser.add_argument("--cuda-graphs", action="store_true",
-                        help="every row with cuda_graphs on: the network's training passes graphed by "
-                             "make_graphed_callables (CUDA, 32-true; with compile, --compile-mode default)")
+                        help="every row with cuda_graphs on: each training step's forward, loss and backward "
+                             "replayed as one CUDA graph (CUDA, 32-true; with compile, --compile-mode default)")
     parser.add_argument("--augment", choices=["auto", "cpu", "device"], default="auto",
                         help="where the full pipeline augments: auto = device with a GPU, cpu otherwise")
     parser.add_argument("--workers", type=int, default=None,

@@ -1,50 +1,114 @@
-"""The network's training forward and backward as CUDA graphs (`cuda_graphs: true`), with PyTorch's
-`torch.cuda.make_graphed_callables`.
+"""A training batch's forward, loss and backward as one CUDA graph (`cuda_graphs: true`).
 
 On an H100 a compiled GhostNet step was bound by the host (2026-11-26, documentation/performance.md): even with
 torch.compile's own CUDA graphs, the host's forward and backward took about 12 ms of a 19 ms step, presumably the
-Python around each replay and the gradients handed back one tensor at a time. A graphed callable is one autograd
-node: its forward replays one graph, its backward another, and Lightning's loop, the loss, the optimizer and the
-schedulers stay as they are. Not yet run on a GPU.
+Python around each replay and the gradients handed back one tensor at a time. Here the whole of that work is one
+`torch.cuda.graph`: a step copies its batch into the graph's input buffers and replays it, and the gradients land
+in the same tensors every time, already attached to the parameters. Lightning's loop, the optimizer, the schedulers
+and the checkpoints stay as they are (NetModule skips Lightning's backward and zero_grad for a replayed batch).
+Not yet run on a GPU.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from utils.errors import ConfigError
 
-
-class _Forward(nn.Module):
-    """A plain holder of the network, so that graphing patches this holder's forward, not the network's own
-    (validation, inference and batches of other sizes keep calling the network directly)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+WARMUP = 3  # passes before the capture (cuDNN's choice of kernels, the allocator), as PyTorch's guide advises
 
 
-def graph_training_passes(net: nn.Module, sample: torch.Tensor) -> nn.Module:
-    """A module that runs `net`'s training forward and backward as CUDA graphs, for batches shaped like `sample`.
+class TrainingGraph:
+    """`net`'s training forward, `loss` and the backward for batches shaped like (`images`, `targets`), recorded
+    once and replayed by `run`. `forward` runs the network (default `net` itself; a compiled `net`, say).
 
-    `make_graphed_callables` runs a few warm-up passes on `sample` before it captures, which would also move batch
-    norm's running statistics: they are put back, in place (the graphs hold their addresses). Call in training mode,
-    outside autocast, with `net` on a CUDA device. A network that cannot be graphed (an operation that waits for
-    the host, say) is a ConfigError naming the setting.
+    Making it runs WARMUP passes on the sample batch (on a side stream) and records one; batch norm's running
+    statistics are put back afterwards, in place (the graph holds their addresses), and the sample's gradients are
+    not kept. Call it in training mode, outside autocast, with `net` on a CUDA device. `capture=False` records
+    nothing: `run` then does the same work eagerly, into the same buffers, which checks everything around the graph
+    on a machine without CUDA. A network that cannot be graphed (an operation that waits for the host, say) is a
+    ConfigError naming the setting.
     """
-    buffers = list(net.buffers())
-    saved = [buffer.clone() for buffer in buffers]
-    try:
-        return torch.cuda.make_graphed_callables(_Forward(net), (sample.detach(),))
-    except (RuntimeError, AssertionError) as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-        raise ConfigError(f"cuda_graphs: true, but the network could not be graphed ({reason}); set cuda_graphs: "
-                          "false") from error
-    finally:
-        with torch.no_grad():
-            for buffer, value in zip(buffers, saved):
-                buffer.copy_(value)
+
+    def __init__(self, net: nn.Module, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 images: torch.Tensor, targets: torch.Tensor,
+                 forward: Callable[[torch.Tensor], torch.Tensor] | None = None, capture: bool = True) -> None:
+        self.net, self.loss_fn, self.capture = net, loss, capture
+        self.forward = net if forward is None else forward
+        self.params = [p for p in net.parameters() if p.requires_grad]
+        self.images, self.targets = images.detach().clone(), targets.detach().clone()
+        self.graph: torch.cuda.CUDAGraph | None = None
+        buffers = list(net.buffers())
+        saved = [buffer.clone() for buffer in buffers]
+        try:
+            self._warm_up()
+            for param in self.params:
+                param.grad = None  # the recorded backward allocates them in the graph's memory; replays write there
+            self.loss, self.logits = self._record()
+        except (RuntimeError, AssertionError) as error:
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            raise ConfigError(f"cuda_graphs: true, but the training step could not be graphed ({reason}); set "
+                              "cuda_graphs: false") from error
+        finally:
+            with torch.no_grad():
+                for buffer, value in zip(buffers, saved):
+                    buffer.copy_(value)
+        # A parameter the step does not reach keeps no gradient, as in an eager step.
+        self.params = [param for param in self.params if param.grad is not None]
+        self.grads = [param.grad for param in self.params]
+
+    def matches(self, images: torch.Tensor, targets: torch.Tensor) -> bool:
+        """Whether this batch can be replayed: the recorded shapes (the epoch's last batch is often smaller)."""
+        return images.shape == self.images.shape and targets.shape == self.targets.shape
+
+    def run(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, loss and backward of this batch: (loss, logits), both detached and overwritten by the next run;
+        the gradients are in the parameters' `.grad`."""
+        self.images.copy_(images)
+        self.targets.copy_(targets)
+        self._reattach_grads()  # something (a zero_grad with set_to_none) may have dropped them
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            torch._foreach_zero_(self.grads)  # a replay writes the gradients; the eager backward adds to them
+            loss, logits = self._pass()
+            self.loss.copy_(loss)
+            self.logits.copy_(logits)
+        return self.loss, self.logits
+
+    def _reattach_grads(self) -> None:
+        for param, grad in zip(self.params, self.grads):
+            if param.grad is not grad:
+                param.grad = grad
+
+    def _pass(self) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.forward(self.images)
+        loss = self.loss_fn(logits, self.targets)
+        loss.backward()
+        return loss.detach(), logits.detach()
+
+    def _warm_up(self) -> None:
+        if not self.capture:
+            for _ in range(WARMUP):
+                self._pass()
+            return
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP):
+                for param in self.params:
+                    param.grad = None
+                self._pass()
+        torch.cuda.current_stream().wait_stream(side)
+
+    def _record(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.capture:
+            return self._pass()
+        self.graph = torch.cuda.CUDAGraph()
+        # thread_local: the DataLoader's pin-memory thread keeps working during the capture, and its host
+        # allocator's calls are not part of the graph (in the default "global" mode they would fail it).
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            return self._pass()

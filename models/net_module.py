@@ -13,7 +13,7 @@ import torch
 
 from datasets.device_augment import DeviceAugmenter, device_augmentation_settings
 from models.arch_dict import build_architecture
-from models.cuda_graphs import graph_training_passes
+from models.cuda_graphs import TrainingGraph
 from models.epoch_metrics import LossAndAccuracy
 from models.training_parts import CUDA_GRAPH_MODES, build_loss, build_optimizer, build_scheduler
 
@@ -33,7 +33,8 @@ class NetModule(pl.LightningModule):
         device_augmentations: {"image": {...}, "tensor": {...}} run per sample on the device in training, or None.
         image_size, class_names: stored in the checkpoint so that it alone is enough to predict.
         channels_last, compile, compile_mode, cuda_graphs: device speed options (compile_mode is torch.compile's
-            `mode`; cuda_graphs graphs the network's training passes, see `models/cuda_graphs.py`).
+            `mode`; cuda_graphs replays each training batch's forward, loss and backward as one CUDA graph, see
+            `models/cuda_graphs.py`).
     """
 
     def __init__(self, architecture: str, num_classes: int, img_channels: int = 3, dropout: float = 0.2,
@@ -70,8 +71,8 @@ class NetModule(pl.LightningModule):
         # The preprocessing is a long chain of small elementwise kernels: compiled, it fuses into a few.
         self.__dict__["_compiled_preprocess"] = torch.compile(self._preprocess, mode=mode) if compile else None
         # With cuda_graphs, made at the first training batch on a GPU (graphing needs a real batch's shape).
-        self.__dict__["_graphed_net"] = None
-        self.__dict__["_graphed_shape"] = None
+        self.__dict__["_graphed_step"] = None
+        self.__dict__["_graphed_now"] = False  # whether the current training batch was a replay
 
     def __getstate__(self) -> dict[str, Any]:
         # Compiled functions and CUDA graphs do not pickle (ddp_spawn pickles the module): they are made again.
@@ -104,23 +105,18 @@ class NetModule(pl.LightningModule):
         return sum(p.numel() for p in self.net.parameters())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.hparams.cuda_graphs and self.training and _graphable(images):
-            graphed = self._graphed_for(images)
-            if graphed is not None:
-                return graphed(images)
         # `is None`, not `or`: a compiled module's truth value asks the network for len(), which GhostNet lacks.
         if self._compiled_net is None:
             return self.net(images)
         return self._compiled_net(_any_batch_size(images))
 
-    def _graphed_for(self, images: torch.Tensor) -> torch.nn.Module | None:
-        """The network's graphed training passes for batches of this shape: made at the first training batch; None
-        for batches of another shape (the epoch's last, smaller one), which run the network directly."""
-        if self._graphed_net is None:
-            net = self.net if self._compiled_net is None else self._compiled_net
-            self.__dict__["_graphed_net"] = graph_training_passes(net, images)
-            self.__dict__["_graphed_shape"] = images.shape
-        return self._graphed_net if images.shape == self._graphed_shape else None
+    def _graph_for(self, images: torch.Tensor, targets: torch.Tensor) -> TrainingGraph | None:
+        """The training step's CUDA graph for batches of this shape: made at the first training batch; None for
+        batches of another shape (the epoch's last, smaller one), which run eagerly."""
+        if self._graphed_step is None:  # forward: the compiled network, when compiled, its batch size marked
+            self.__dict__["_graphed_step"] = TrainingGraph(self.net, self.loss, images, targets, forward=self.forward,
+                                                           capture=images.is_cuda)
+        return self._graphed_step if self._graphed_step.matches(images, targets) else None
 
     def preprocess(self, images: torch.Tensor, train: bool, drawn: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 or [0, 1] float batch -> augmented (optional) and normalized float batch. `drawn` holds the
@@ -160,7 +156,25 @@ class NetModule(pl.LightningModule):
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        images, targets = batch
+        graph = self._graph_for(images, targets) if self.hparams.cuda_graphs and _graphable(images) else None
+        self.__dict__["_graphed_now"] = graph is not None
+        if graph is None:
+            return self._step(batch, "train")
+        loss, logits = graph.run(images, targets)  # the gradients are in the parameters already
+        self.metrics["train_metrics"].update(loss, logits, targets)
+        return loss
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        # Lightning calls this between training_step and backward: a replay has just written the gradients. A batch
+        # run eagerly beside a graph adds its gradients to the graph's zeroed tensors, which stay attached.
+        if self._graphed_now:
+            return
+        optimizer.zero_grad(set_to_none=self._graphed_step is None)
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        if not self._graphed_now:  # a replay ran its backward already
+            super().backward(loss, *args, **kwargs)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, "valid")

@@ -216,8 +216,8 @@ def test_step_graph_needs_cuda_unless_it_only_checks_its_plumbing() -> None:
     refused = run_module("benchmarks.step_graph", ["--batches", "2"])
     assert refused.returncode != 0 and "needs a CUDA GPU" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
-    # a dry run neither captures nor graphs: the whole-step and the graphed-module variants then train exactly as
-    # the eager run does, from the same weights on the same batches
+    # a dry run captures no graph (the whole step's or TrainingGraph's): those variants then train exactly as the
+    # eager run does, from the same weights on the same batches
     output = run_script("benchmarks.step_graph", "--dry-run", "--batches", "3", "--image-size", "32",
                         "--batch-size", "4", "--variants", "b", "e")
     rows = table_rows(output)

@@ -93,8 +93,8 @@ def fixed_weight_steps(modules: dict[str, NetModule], batches: list) -> dict[str
             for images, targets in batches:
                 torch.compiler.cudagraph_mark_step_begin()  # as NetModule.on_after_batch_transfer does
                 module.zero_grad(set_to_none=True)
-                loss = module._step((module.preprocess(images, train=True), targets), "train")
-                loss.backward()
+                loss = module.training_step((module.preprocess(images, train=True), targets), 0)
+                module.backward(loss)  # as Lightning calls it: a no-op after a cuda_graphs replay
                 steps[name].append((loss.item(), torch.cat([p.grad.flatten() for p in module.parameters()])))
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -132,11 +132,11 @@ def test_compiled_steps_under_cuda_graphs_compute_what_eager_ones_do() -> None:
         assert (compiled_grad - grad).norm() <= 0.05 * grad.norm(), f"step {index}"
 
 
-def test_graphed_network_passes_give_the_networks_losses_gradients_and_statistics() -> None:
-    """`cuda_graphs: true`: the network's training forward and backward replayed as graphs must give what the
-    network itself gives on batches A, B, A, B (a replay that read a stale input or wrote over a live output would
-    not), and leave batch norm's running statistics where eager passes leave them (graphing's warm-up passes are
-    undone). The last, smaller batch runs the network directly. TF32 off, dropout off, weights fixed."""
+def test_graphed_training_steps_give_eager_losses_gradients_and_statistics() -> None:
+    """`cuda_graphs: true`: a training step's forward, loss and backward replayed as one graph must give what eager
+    steps give on batches A, B, A, B (a replay that read a stale input or wrote over a live output would not), and
+    leave batch norm's running statistics where eager steps leave them (the graph's warm-up and recorded passes are
+    undone). The last, smaller batch runs eagerly. TF32 off, dropout off, weights fixed."""
     config = validate({"image_size": [64, 64], "dropout": 0.0})
     names = [str(i) for i in range(10)]
     generator = torch.Generator(device="cuda").manual_seed(0)
@@ -146,7 +146,7 @@ def test_graphed_network_passes_give_the_networks_losses_gradients_and_statistic
     graphed = NetModule.from_config({**config, "cuda_graphs": True}, 10, names).cuda()
     graphed.load_state_dict(eager.state_dict())
     steps = fixed_weight_steps({"eager": eager, "graphed": graphed}, [a, b, a, b, small])
-    assert graphed._graphed_shape == (8, 3, 64, 64)
+    assert graphed._graphed_step.graph is not None and graphed._graphed_step.images.shape == (8, 3, 64, 64)
     for index, ((loss, grad), (graphed_loss, graphed_grad)) in enumerate(zip(steps["eager"], steps["graphed"])):
         assert graphed_loss == pytest.approx(loss, rel=1e-4), f"step {index}"
         assert (graphed_grad - grad).norm() <= 1e-3 * grad.norm(), f"step {index}"

@@ -6,7 +6,9 @@ import pickle
 from types import SimpleNamespace
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from models.net_module import NetModule
 from utils.configuration import validate
@@ -109,65 +111,67 @@ def test_each_batch_starts_a_cuda_graph_step_only_when_cuda_graphs_are_compiled(
     assert out.dtype == torch.float32 and len(begun) == marks
 
 
-def test_cuda_graphs_graph_the_first_training_batchs_shape_once_and_keep_batch_norm_statistics(monkeypatch) -> None:
-    """Where CUDA is missing, graphing is stood in for by a module that runs the network as the graph would
-    (its warm-up passes included): what is checked here is which batches go through the graph, and that the
-    warm-up leaves batch norm's running statistics as one training pass leaves them."""
+def _fit(module: NetModule, epochs: int = 2) -> pl.Trainer:
+    """Lightning's real loop on the CPU: 10 uint8 images of 32 px in batches of 4 (the last one of 2), validated."""
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    data = TensorDataset(images, torch.randint(0, 5, (10,), generator=generator))
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(module, DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))
+    return trainer
+
+
+def test_cuda_graphs_train_as_eager_steps_do_around_lightnings_loop(monkeypatch) -> None:
+    """Without CUDA the graph records nothing (capture=False) and each "replay" runs the same forward, loss and
+    backward into the graph's buffers: what is checked is everything around the graph. Lightning's backward and
+    its zero_grad between training_step and backward must leave a replay's gradients alone, the epoch's last,
+    smaller batch must run eagerly into the same (zeroed) gradient tensors, and making the graph (warm-up passes
+    and one recorded pass) must leave batch norm's statistics as they were: weights, statistics and metrics after
+    two epochs equal those of plain training."""
     import models.cuda_graphs
     import models.net_module
 
-    captured = []
-
-    def stand_in(module, sample_args):  # noqa: ANN001, ANN202
-        captured.append(tuple(sample_args[0].shape))
-        for _ in range(3):  # make_graphed_callables' warm-up passes
-            module(*sample_args)
-        module.passes = 0
-        original = module.forward
-
-        def forward(images):  # noqa: ANN001, ANN202
-            module.passes += 1
-            return original(images)
-        module.forward = forward
-        return module
-
-    monkeypatch.setattr(models.cuda_graphs.torch.cuda, "make_graphed_callables", stand_in)
+    replays = []
+    real_run = models.cuda_graphs.TrainingGraph.run
+    monkeypatch.setattr(models.cuda_graphs.TrainingGraph, "run",
+                        lambda graph, images, targets: replays.append(tuple(images.shape)) or real_run(
+                            graph, images, targets))
     monkeypatch.setattr(models.net_module, "_graphable", lambda images: True)
     torch.manual_seed(0)
-    graphed = NetModule("ghost", num_classes=5, cuda_graphs=True)
-    plain = NetModule("ghost", num_classes=5)
+    graphed = NetModule("ghost", num_classes=5, dropout=0.0, cuda_graphs=True, lr_scheduler="StepLR",
+                        lr_scheduler_params={"step_size": 1, "gamma": 0.5})
+    plain = NetModule("ghost", num_classes=5, dropout=0.0, lr_scheduler="StepLR",
+                      lr_scheduler_params={"step_size": 1, "gamma": 0.5})
     plain.load_state_dict(graphed.state_dict())
-    batch, last = torch.randn(4, 3, 32, 32), torch.randn(2, 3, 32, 32)
-    for module in (graphed, plain):
-        module.train()
-        module(batch)
-    assert captured == [(4, 3, 32, 32)]
-    for name, buffer in plain.net.named_buffers():  # one training pass's update, not four
-        torch.testing.assert_close(dict(graphed.net.named_buffers())[name], buffer)
-    graphed(batch)
-    graphed(last)  # another shape: the network directly
-    graphed.eval()
-    graphed(batch)  # evaluation: the network directly
-    assert captured == [(4, 3, 32, 32)] and graphed._graphed_net.passes == 2
+    trainers = {"graphed": _fit(graphed), "plain": _fit(plain)}
+    assert replays == [(4, 3, 32, 32)] * 4  # two full batches per epoch; the batches of 2 ran eagerly
+    assert graphed._graphed_step.images.shape == (4, 3, 32, 32)
+    for (name, value), graphed_value in zip(plain.state_dict().items(), graphed.state_dict().values()):
+        torch.testing.assert_close(graphed_value, value, rtol=1e-5, atol=1e-6, msg=name)
+    for key in ("train_loss", "train_acc", "valid_loss", "valid_acc"):
+        torch.testing.assert_close(trainers["graphed"].callback_metrics[key], trainers["plain"].callback_metrics[key],
+                                   rtol=1e-5, atol=1e-6, msg=key)
     assert not any(key.startswith("_graphed") for key in graphed.__getstate__())
 
 
-def test_a_network_that_cannot_be_graphed_is_one_config_error_and_keeps_its_statistics(monkeypatch) -> None:
+def test_a_training_step_that_cannot_be_graphed_is_one_config_error_and_keeps_its_statistics(monkeypatch) -> None:
     import models.cuda_graphs
     import models.net_module
     from utils.errors import ConfigError
 
-    def fails(module, sample_args):  # noqa: ANN001, ANN202
-        module(*sample_args)  # a warm-up pass moved the statistics before the capture failed
+    def fails(graph):  # noqa: ANN001, ANN202
+        graph._pass()  # a pass moved the statistics before the capture failed
         raise RuntimeError("operation not permitted when stream is capturing\nCUDA error details")
 
-    monkeypatch.setattr(models.cuda_graphs.torch.cuda, "make_graphed_callables", fails)
+    monkeypatch.setattr(models.cuda_graphs.TrainingGraph, "_record", fails)
     monkeypatch.setattr(models.net_module, "_graphable", lambda images: True)
     module = NetModule("ghost", num_classes=5, cuda_graphs=True)
     before = {name: buffer.clone() for name, buffer in module.net.named_buffers()}
     module.train()
-    with pytest.raises(ConfigError, match=r"cuda_graphs: true, but the network could not be graphed \(operation "
-                                          r"not permitted when stream is capturing\); set cuda_graphs: false$"):
-        module(torch.randn(4, 3, 32, 32))
+    with pytest.raises(ConfigError, match=r"cuda_graphs: true, but the training step could not be graphed "
+                                          r"\(operation not permitted when stream is capturing\); set cuda_graphs: "
+                                          r"false$"):
+        module.training_step((torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])), 0)
     for name, buffer in module.net.named_buffers():
         torch.testing.assert_close(buffer, before[name])

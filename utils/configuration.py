@@ -220,10 +220,11 @@ SCHEMA: tuple[Key, ...] = (
         "reduce-overhead replays the compiled kernels as CUDA graphs (GhostNet's training step 2.2x eager's on an "
         "H100, where default was slower than eager; on a CPU it is default), default, or max-autotune (long "
         "compilation).", choices=("default", "reduce-overhead", "max-autotune")),
-    Key("cuda_graphs", "hardware", False, BOOL, "Replay the network's training forward and backward as CUDA graphs "
-        "(torch.cuda.make_graphed_callables), captured at the first training batch: less host time per step for a "
-        "small network on a GPU. Batches of other sizes, validation and inference run the network directly. One "
-        "CUDA GPU, precision 32-true; with compile, compile_mode default. Experimental: not yet run on a GPU."),
+    Key("cuda_graphs", "hardware", False, BOOL, "Replay each training batch's forward, loss and backward as one "
+        "CUDA graph (torch.cuda.graph), captured at the first training batch: less host time per step for a small "
+        "network on a GPU; the optimizer step stays eager. Batches of other sizes, validation and inference run "
+        "eagerly. One CUDA GPU, precision 32-true; with compile, compile_mode default. Experimental: not yet run on "
+        "a GPU."),
     # Data loading
     Key("num_workers", "data_loading", None, NON_NEG_INT,
         "DataLoader worker processes; null = one per available CPU core (at most 8).", nullable=True),
