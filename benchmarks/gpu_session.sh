@@ -4,25 +4,27 @@
 # 600 s returns with every log. Each step's whole output goes to $OUT/<step>.log (default ./gpu-logs); its tail
 # is printed.
 #
-#     bash benchmarks/gpu_session.sh [step ...]      (default: data tests graph-epochs compile-epochs step-graph)
+#     bash benchmarks/gpu_session.sh [step ...]      (default: data tests graph-throughput graph-epochs step-graph)
 #
-# 15 minutes of device time hold two calls: the default steps (BUDGET=520), then `data graph-throughput graph-test
-# throughput` (BUDGET=220).
+# 15 minutes of device time hold two calls: the default steps (BUDGET=520), then `data graph-compile-epochs
+# graph-test` (BUDGET=220).
 # Steps, in the order they run:
 #   data            generates the data the wanted steps read, in the background (CPU only), so that it is ready
 #                   when the first timed step starts; timed steps wait for it
 #   tests           the CUDA tests (correctness on the GPU; runs while data is generated), but the one that compiles
 #   graph-test      that one: compiled training steps under CUDA graphs against eager ones (also while the data is
 #                   generated; its 64 px graphs share no compiled kernels with the 227 px steps)
-#   graph-epochs    real epochs of train() with cuda_graphs on (each training batch's forward, loss and backward
-#                   replayed as one CUDA graph, no compile): the C-50 projection and where each epoch's time goes
+#   graph-throughput model-only vs full pipeline with cuda_graphs on (each training batch's forward, loss and
+#                   backward replayed as one CUDA graph), the network eager and compiled (compile_mode default)
+#   graph-epochs    real epochs of train() with cuda_graphs on, no compile: the C-50 projection and where each
+#                   epoch's time goes
+#   graph-compile-epochs the same with compile on (compile_mode default), compilation included
 #   compile-epochs  real epochs of train() with compile on (COMPILE_MODE overrides the mode): the C-50 projection,
-#                   compilation included, and where each epoch's time goes; run first, while torch.compile's caches
-#                   on a fresh machine are cold, as on a user's first run (on an H100: 129 s of compilation cold,
-#                   52 s warm, 2026-11-26)
+#                   compilation included, and where each epoch's time goes; the first compiling step of a call on a
+#                   fresh machine finds torch.compile's caches cold, as a user's first run does (on an H100: 129 s
+#                   of compilation cold, 52 s warm, 2026-11-26)
 #   throughput      model-only vs full pipeline, fp32, channels_last on, compile off and on (the config's
 #                   compile_mode, reduce-overhead: CUDA graphs)
-#   graph-throughput the same with cuda_graphs on and compile off
 #   compile-default the same with compile_mode default (slower than eager on an H100, 2026-11-26)
 #   step-graph      model-only steps: compile reduce-overhead against the whole step in one CUDA graph (eager and
 #                   compiled network, then with the preprocessing) and against cuda_graphs' TrainingGraph (forward,
@@ -82,7 +84,7 @@ step() {
 }
 
 want() { [[ " $WANTED " == *" $1 "* ]]; }
-WANTED=" ${*:-data tests graph-epochs compile-epochs step-graph} "
+WANTED=" ${*:-data tests graph-throughput graph-epochs step-graph} "
 
 {
     date -u
@@ -99,7 +101,7 @@ if want data; then
     NEEDS=()
     { want profile || want profile-eager; } && NEEDS+=("'$PROFILE_DATA', (10 + 30) * $BATCH, $BATCH")
     { want throughput || want compile-default || want graph-throughput; } && NEEDS+=("'$BENCH_DATA', (5 + $BATCHES) * $BATCH, (5 + $BATCHES) * $BATCH")
-    { want compile-epochs || want epochs || want graph-epochs; } && NEEDS+=("'$EPOCH_DATA', $TRAIN, $TEST")
+    { want compile-epochs || want epochs || want graph-epochs || want graph-compile-epochs; } && NEEDS+=("'$EPOCH_DATA', $TRAIN, $TEST")
     $PY -c "
 from pathlib import Path
 from benchmarks.common import generate_prepared
@@ -114,16 +116,18 @@ want tests && step tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_cud
 # While the data is generated too (correctness only).
 want graph-test && step graph-test 150 $PY -m pytest -q -s -p no:cacheprovider tests/test_cuda.py -k cuda_graphs
 wait_for_data
-# No compilation here: the caches stay cold for compile-epochs.
+want graph-throughput && step graph-throughput 200 $PY -m benchmarks.training_throughput $BENCH --compile both \
+    --compile-mode default --cuda-graphs --data-dir $BENCH_DATA
 want graph-epochs && step graph-epochs 150 $PY -m benchmarks.epoch_time --epochs "$EPOCHS" --train-images "$TRAIN" \
     --test-images "$TEST" --data-dir $EPOCH_DATA --set $FAST cuda_graphs=true
+want graph-compile-epochs && step graph-compile-epochs 200 $PY -m benchmarks.epoch_time --epochs "$EPOCHS" \
+    --train-images "$TRAIN" --test-images "$TEST" --data-dir $EPOCH_DATA --set $FAST cuda_graphs=true compile=true \
+    compile_mode=default
 # Real epochs: the first pays the compilation, later ones show the steady rate; the projection counts it once.
 want compile-epochs && step compile-epochs 240 $PY -m benchmarks.epoch_time --epochs "$EPOCHS" --train-images "$TRAIN" \
     --test-images "$TEST" --data-dir $EPOCH_DATA --set $FAST compile=true ${COMPILE_MODE:+compile_mode=$COMPILE_MODE}
 want throughput && step throughput 240 $PY -m benchmarks.training_throughput $BENCH --compile both \
     --data-dir $BENCH_DATA
-want graph-throughput && step graph-throughput 120 $PY -m benchmarks.training_throughput $BENCH --compile off \
-    --cuda-graphs --data-dir $BENCH_DATA
 want compile-default && step compile-default 240 $PY -m benchmarks.training_throughput $BENCH --compile on \
     --compile-mode default --data-dir $BENCH_DATA
 # 30 steps: torch.profiler's trace of 100 took too long to read back within the limit (2026-11-26).

@@ -95,14 +95,15 @@ class TrainingGraph:
             for _ in range(WARMUP):
                 self._pass()
             return
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        # The capture uses this stream too: autograd's nodes from the warm-up then refer to no stream outside it.
+        self.stream = torch.cuda.Stream()
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
             for _ in range(WARMUP):
                 for param in self.params:
                     param.grad = None
                 self._pass()
-        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.current_stream().wait_stream(self.stream)
 
     def _record(self) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.capture:
@@ -110,5 +111,5 @@ class TrainingGraph:
         self.graph = torch.cuda.CUDAGraph()
         # thread_local: the DataLoader's pin-memory thread keeps working during the capture, and its host
         # allocator's calls are not part of the graph (in the default "global" mode they would fail it).
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+        with torch.cuda.graph(self.graph, stream=self.stream, capture_error_mode="thread_local"):
             return self._pass()
