@@ -55,6 +55,7 @@ def train(config: dict[str, Any], resume: str | None = None, callbacks: list | N
     # Heavy imports here, so that --help, --print-config and config errors answer at once.
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+    from pytorch_lightning.plugins import AsyncCheckpointIO
     from pytorch_lightning.utilities import rank_zero_only
 
     from datasets.stanford_data_module import StanfordCarsDataModule
@@ -103,6 +104,8 @@ def train(config: dict[str, Any], resume: str | None = None, callbacks: list | N
         sync_batchnorm=config["sync_batchnorm"], deterministic=config["deterministic"], callbacks=callbacks,
         logger=loggers or False, default_root_dir=run_dir, num_sanity_val_steps=0, enable_model_summary=False,
         use_distributed_sampler=False,  # the data module picks its samplers (no padded validation shares)
+        # Lightning's teardown waits for the writing thread, however fit ends (see documentation/performance.md).
+        plugins=[AsyncCheckpointIO()] if config["async_checkpoints"] else None,
     )
     interrupt.install(trainer)
     # a resumed run's wall time includes the sessions before (their summary.json says how long they ran)

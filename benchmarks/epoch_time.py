@@ -1,6 +1,7 @@
 """Wall time of real training epochs through train.py's `train()`, and the C-50 time projected from them.
 
     python -m benchmarks.epoch_time [--train-images 8144] [--test-images 8041] [--epochs 4] [--set KEY=VALUE ...]
+        [--versus KEY=VALUE ...]
 
 On generated 700x480 JPEGs (Stanford Cars' split sizes by default), with the default (C-50) config plus `--set`
 overrides, it runs `train()` for `--epochs` epochs. Everything a real run does is in the time (DataLoader,
@@ -13,6 +14,10 @@ projected C-50 = whole run + (129 - epochs) x steady epoch.
 A second table splits each epoch into phases (clock read at Lightning's hooks, after a device sync where the phase
 ends with GPU work): waiting for the first batch, the training batches, validation, the epoch's end (metrics,
 logging) and what runs between epochs (checkpoints), so that the time outside the batches is attributed.
+
+`--versus` trains a second time, in the same process on the same data, with those overrides on top of `--set`'s, and
+prints both runs side by side with the ratio of their steady epochs (the second run finds torch.compile's caches
+warm where both compile the same graphs).
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=4, help="epochs to train, at least 2 (default 4)")
     parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides as in train.py, e.g. precision=bf16-mixed gpu_augmentations=true")
+    parser.add_argument("--versus", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="a second run with these overrides as well, printed beside the first, e.g. "
+                             "async_checkpoints=false")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="where to generate the data (default: a temporary folder, removed afterwards); "
                              "a folder generated earlier with the same sizes is reused")
@@ -174,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_lightning()
     logging.getLogger("cars").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=UserWarning)
+    runs: list[tuple[str, float, list[float], EpochPhases]] = []  # (label, whole run, epoch times, phases)
     with tempfile.TemporaryDirectory(prefix="cars-epoch-") as tmp:
         data_path = args.data_dir or Path(tmp) / "stanford"
         print(f"generating {args.train_images} train + {args.test_images} test images of about 700x480 in "
@@ -182,19 +191,29 @@ def main(argv: list[str] | None = None) -> int:
         base = {"stanford_data_path": str(data_path), "cache_dir": str(Path(tmp) / "cache"),
                 "output_path": str(Path(tmp) / "runs"), "logging_dir": str(Path(tmp) / "logs"),
                 "log_to_mlflow": False, "log_to_neptune": False}
-        config = validate(apply_overrides({**defaults(), **base}, args.overrides), "defaults with --set overrides")
+        configs = {"as set": validate(apply_overrides({**defaults(), **base}, args.overrides),
+                                      "defaults with --set overrides")}
+        if args.versus:
+            label = "versus " + " ".join(args.versus)
+            configs[label] = validate(apply_overrides({**defaults(), **base}, args.overrides + args.versus),
+                                      "defaults with --set and --versus overrides")
         from datasets.stanford_data_module import StanfordCarsDataModule
 
         machine = machine_description()
         start = time.perf_counter()
-        StanfordCarsDataModule(config).setup("fit")
+        for config in configs.values():  # a second config with the same cached pixels finds its cache built
+            StanfordCarsDataModule(config).setup("fit")
         cache_seconds = time.perf_counter() - start
-        print(f"image cache built in {cache_seconds:.1f} s; training {args.epochs} epochs ...", flush=True)
-        phases = EpochPhases()
-        total, epoch_times = timed_run(config, args.epochs, phases)
-    steady = statistics.median(epoch_times[1:])
-    projected = (total + (C50_EPOCHS - args.epochs) * steady) / 60
+        for label, config in configs.items():
+            print(f"image cache built in {cache_seconds:.1f} s; training {args.epochs} epochs ({label}) ...",
+                  flush=True)
+            phases = EpochPhases()
+            total, epoch_times = timed_run(config, args.epochs, phases)
+            runs.append((label, total, epoch_times, phases))
     images = args.train_images + args.test_images
+    steady = [statistics.median(epoch_times[1:]) for _, _, epoch_times, _ in runs]
+    projected = [(total + (C50_EPOCHS - args.epochs) * run_steady) / 60
+                 for (_, total, _, _), run_steady in zip(runs, steady)]
     print()
     print("\n".join(machine))
     print(f"load average (1, 5, 15 min) at end: {load_average()}")
@@ -202,21 +221,28 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.train_images} train + {args.test_images} validation images; "
           f"one-off image cache build {cache_seconds:.1f} s (not in the times below)")
     print()
-    print(markdown_table(
-        ["measure", "value"],
-        [[f"whole {args.epochs}-epoch run (s)", f"{total:.1f}"],
-         ["first epoch, start-up included (s)", f"{epoch_times[0]:.1f}"],
-         ["later epochs (s)", " ".join(f"{t:.2f}" for t in epoch_times[1:])],
-         ["steady epoch: median of the later ones (s)", f"{steady:.2f}"],
-         ["steady rate, training + validation images/s", f"{images / steady:.0f}"],
-         [f"projected C-50: {C50_EPOCHS} epochs (min)", f"{projected:.1f}"]]))
+    rows = [[f"whole {args.epochs}-epoch run (s)", *(f"{total:.1f}" for _, total, _, _ in runs)],
+            ["first epoch, start-up included (s)", *(f"{times[0]:.1f}" for _, _, times, _ in runs)],
+            ["later epochs (s)", *(" ".join(f"{t:.2f}" for t in times[1:]) for _, _, times, _ in runs)],
+            ["steady epoch: median of the later ones (s)", *(f"{value:.2f}" for value in steady)],
+            ["steady rate, training + validation images/s", *(f"{images / value:.0f}" for value in steady)],
+            [f"projected C-50: {C50_EPOCHS} epochs (min)", *(f"{value:.1f}" for value in projected)]]
+    if len(runs) > 1:
+        rows.append(["steady epoch, first run / this run", "1.00x", f"{steady[0] / steady[1]:.2f}x"])
+    print(markdown_table(["measure", *(label for label, _, _, _ in runs)], rows))
     print("\nwhere an epoch's time goes (s):\n")
-    print(markdown_table(["phase", "first epoch", "later epochs (median)"], phases.phase_rows()))
+    phase_rows = [run[3].phase_rows() for run in runs]
+    print(markdown_table(
+        ["phase", *(f"{part} ({label})" if len(runs) > 1 else part for label, _, _, _ in runs
+                    for part in ("first epoch", "later epochs (median)"))],
+        [[rows_of_phase[0][0], *(value for row in rows_of_phase for value in row[1:])]
+         for rows_of_phase in zip(*phase_rows)]))
     if (args.train_images, args.test_images) != (TRAIN_IMAGES, VALID_IMAGES):
         print(f"\n(projected for these split sizes, not C-50's {TRAIN_IMAGES:,} + {VALID_IMAGES:,}: no verdict)")
     else:
-        print(f"\ntarget: C-50 under {TARGET_MINUTES:.0f} min on one H100: "
-              f"{'met' if projected < TARGET_MINUTES else 'NOT met'} on this machine")
+        for (label, _, _, _), value in zip(runs, projected):
+            print(f"\ntarget: C-50 under {TARGET_MINUTES:.0f} min on one H100 ({label}): "
+                  f"{'met' if value < TARGET_MINUTES else 'NOT met'} on this machine")
     return 0
 
 

@@ -133,6 +133,25 @@ def test_epoch_time_projects_c50_from_the_epochs_of_one_real_run() -> None:
     assert sum(float(values[0]) for name, values in phases.items() if "epoch end" not in name) <= first + 0.05
 
 
+def test_epoch_time_versus_runs_a_second_config_and_prints_both_side_by_side() -> None:
+    output = run_script("benchmarks.epoch_time", "--train-images", "16", "--test-images", "8", "--epochs", "2",
+                        "--set", "image_size=[32, 32]", "num_workers=0", "batch_size=8",
+                        "--versus", "async_checkpoints=false")
+    header = next(line for line in output.splitlines() if line.startswith("| measure"))
+    assert [cell.strip() for cell in header.strip("|").split("|")] == ["measure", "as set",
+                                                                          "versus async_checkpoints=false"]
+    cells = {row[0]: row[1:] for row in table_rows(output)}
+    steady = [float(value) for value in cells["steady epoch: median of the later ones (s)"]]
+    ratio = float(cells["steady epoch, first run / this run"][1].rstrip("x"))
+    assert ratio == pytest.approx(steady[0] / steady[1], rel=0.05)  # the steady epochs are printed rounded
+    assert output.count("  metrics.csv: ") == 6  # both runs' epochs, as they finish
+    phases = {row[0]: row[1:] for row in table_rows(output) if row[0] in [name for name, _, _ in PHASES]}
+    assert all(len(values) == 4 for values in phases.values())
+    # with 2 epochs only the first has a next epoch: its time between epochs is the one measured
+    assert all("-" not in values for name, values in phases.items() if "next epoch" not in name)
+    assert [value != "-" for value in phases[PHASES[-1][0]]] == [True, False, True, False]
+
+
 def test_op_count_reports_the_network_and_each_device_augmentation() -> None:
     output = run_script("benchmarks.op_count", "--batch-size", "2", "--image-size", "32")
     cells = {row[0].strip(): int(row[1]) for row in table_rows(output) if row[1].isdigit()}  # both tables

@@ -229,3 +229,33 @@ def test_bad_scheduler_parameters_fail_before_any_run_folder_exists(data: Path, 
     assert exit_info.value.code == 2
     assert "lr_scheduler_params for MultiStepLR" in capsys.readouterr().err
     assert not (tmp_path / "output").exists()
+
+
+@pytest.mark.parametrize("async_checkpoints", [True, False])
+def test_checkpoints_are_written_by_a_thread_and_complete_when_train_returns(data: Path, tmp_path: Path, monkeypatch,
+                                                                             async_checkpoints: bool) -> None:
+    """With async_checkpoints the files are written off the training thread, on a disk slowed down here: train()
+    must still return only once both hold the last epoch. Without it, the training thread writes them."""
+    import threading
+    import time
+
+    from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    from train import train
+    from utils.configuration import load_config
+
+    writes = []
+    write = TorchCheckpointIO.save_checkpoint
+
+    def slow_write(self, checkpoint, path, storage_options=None):  # noqa: ANN001, ANN202
+        time.sleep(0.5)
+        write(self, checkpoint, path, storage_options)
+        writes.append((Path(path).name, checkpoint["epoch"], threading.current_thread() is threading.main_thread()))
+
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", slow_write)
+    config = tiny_config(tmp_path, data, num_epochs=2, async_checkpoints=async_checkpoints)
+    run_dir = train(load_config(str(config)))
+    assert ("last.ckpt", 1) in [(name, epoch) for name, epoch, _ in writes]
+    assert {on_main for _, _, on_main in writes} == {not async_checkpoints}
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 1 and (run_dir / "checkpoints" / "best.ckpt").is_file()

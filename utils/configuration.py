@@ -225,6 +225,9 @@ SCHEMA: tuple[Key, ...] = (
         "network on a GPU; the optimizer step stays eager. Batches of other sizes, validation and inference run "
         "eagerly. One CUDA GPU, precision 32-true; with compile, compile_mode default. Experimental: not yet run on "
         "a GPU."),
+    Key("async_checkpoints", "hardware", True, BOOL, "Write checkpoints from a background thread while the next "
+        "epoch trains (Lightning's AsyncCheckpointIO; the weights are copied first). A run waits for the writing "
+        "before it ends, however it ends."),
     # Data loading
     Key("num_workers", "data_loading", None, NON_NEG_INT,
         "DataLoader worker processes; null = one per available CPU core (at most 8).", nullable=True),
