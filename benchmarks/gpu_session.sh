@@ -17,7 +17,7 @@
 #   graph-throughput model-only vs full pipeline with cuda_graphs on (each training batch's forward, loss and
 #                   backward replayed as one CUDA graph), the network eager and compiled (compile_mode default)
 #   graph-epochs    real epochs of train() with cuda_graphs on, no compile: the C-50 projection and where each
-#                   epoch's time goes
+#                   epoch's time goes; then again with async_checkpoints off, side by side
 #   graph-compile-epochs the same with compile on (compile_mode default), compilation included
 #   compile-epochs  real epochs of train() with compile on (COMPILE_MODE overrides the mode): the C-50 projection,
 #                   compilation included, and where each epoch's time goes; the first compiling step of a call on a
@@ -118,8 +118,9 @@ want graph-test && step graph-test 150 $PY -m pytest -q -s -p no:cacheprovider t
 wait_for_data
 want graph-throughput && step graph-throughput 200 $PY -m benchmarks.training_throughput $BENCH --compile both \
     --compile-mode default --cuda-graphs --data-dir $BENCH_DATA
+# Then the same without async_checkpoints: what writing the checkpoints from a thread saves per epoch.
 want graph-epochs && step graph-epochs 150 $PY -m benchmarks.epoch_time --epochs "$EPOCHS" --train-images "$TRAIN" \
-    --test-images "$TEST" --data-dir $EPOCH_DATA --set $FAST cuda_graphs=true
+    --test-images "$TEST" --data-dir $EPOCH_DATA --set $FAST cuda_graphs=true --versus async_checkpoints=false
 want graph-compile-epochs && step graph-compile-epochs 200 $PY -m benchmarks.epoch_time --epochs "$EPOCHS" \
     --train-images "$TRAIN" --test-images "$TEST" --data-dir $EPOCH_DATA --set $FAST cuda_graphs=true compile=true \
     compile_mode=default
