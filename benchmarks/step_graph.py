@@ -39,7 +39,7 @@ import torch
 import torch._dynamo
 
 from benchmarks.common import NUM_CLASSES, load_average, machine_description, markdown_table, synchronize
-from models.cuda_graphs import TrainingGraph
+from models.cuda_graphs import WARMUP, TrainingGraph  # WARMUP: steps before a capture, as PyTorch advises
 from models.training_parts import CUDA_GRAPH_MODES
 from utils.cli import positive_int, run_main
 from utils.configuration import validate
@@ -55,7 +55,6 @@ VARIANTS = {
 }
 CHECKED_STEPS = 8  # losses compared with the eager run's over these first steps
 POOL = 4  # distinct batches, used in turn
-WARMUP = 3  # steps before a capture (cuDNN's choices, the optimizer's state, compilation), as PyTorch advises
 
 
 class Batches:
