@@ -6,12 +6,13 @@ Python around each replay and the gradients handed back one tensor at a time. He
 `torch.cuda.graph`: a step copies its batch into the graph's input buffers and replays it, and the gradients land
 in the same tensors every time, already attached to the parameters. Lightning's loop, the optimizer, the schedulers
 and the checkpoints stay as they are (NetModule skips Lightning's backward and zero_grad for a replayed batch).
-Not yet run on a GPU.
+NetModule records its on-device preprocessing in the same graph: its inputs are the batch as it arrives (uint8
+images and the augmentation parameters the workers drew). Not yet run on a GPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -22,24 +23,26 @@ WARMUP = 3  # passes before the capture (cuDNN's choice of kernels, the allocato
 
 
 class TrainingGraph:
-    """`net`'s training forward, `loss` and the backward for batches shaped like (`images`, `targets`), recorded
-    once and replayed by `run`. `forward` runs the network (default `net` itself; a compiled `net`, say).
+    """`forward`, `loss` and the backward into `net`'s parameters for batches shaped like (`inputs`, `targets`),
+    recorded once and replayed by `run`. `inputs` is the batch's tensor, or a sequence of tensors that `forward`
+    takes in that order (`forward(*inputs)` gives the logits; default `net` itself).
 
     Making it runs WARMUP passes on the sample batch (on a side stream) and records one; batch norm's running
     statistics are put back afterwards, in place (the graph holds their addresses), and the sample's gradients are
     not kept. Call it in training mode, outside autocast, with `net` on a CUDA device. `capture=False` records
     nothing: `run` then does the same work eagerly, into the same buffers, which checks everything around the graph
-    on a machine without CUDA. A network that cannot be graphed (an operation that waits for the host, say) is a
+    on a machine without CUDA. A step that cannot be graphed (an operation that waits for the host, say) is a
     ConfigError naming the setting.
     """
 
     def __init__(self, net: nn.Module, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 images: torch.Tensor, targets: torch.Tensor,
-                 forward: Callable[[torch.Tensor], torch.Tensor] | None = None, capture: bool = True) -> None:
+                 inputs: torch.Tensor | Sequence[torch.Tensor], targets: torch.Tensor,
+                 forward: Callable[..., torch.Tensor] | None = None, capture: bool = True) -> None:
         self.net, self.loss_fn, self.capture = net, loss, capture
         self.forward = net if forward is None else forward
         self.params = [p for p in net.parameters() if p.requires_grad]
-        self.images, self.targets = images.detach().clone(), targets.detach().clone()
+        self.inputs = tuple(tensor.detach().clone() for tensor in _as_tuple(inputs))
+        self.targets = targets.detach().clone()
         self.graph: torch.cuda.CUDAGraph | None = None
         buffers = list(net.buffers())
         saved = [buffer.clone() for buffer in buffers]
@@ -60,14 +63,19 @@ class TrainingGraph:
         self.params = [param for param in self.params if param.grad is not None]
         self.grads = [param.grad for param in self.params]
 
-    def matches(self, images: torch.Tensor, targets: torch.Tensor) -> bool:
-        """Whether this batch can be replayed: the recorded shapes (the epoch's last batch is often smaller)."""
-        return images.shape == self.images.shape and targets.shape == self.targets.shape
+    def matches(self, inputs: torch.Tensor | Sequence[torch.Tensor], targets: torch.Tensor) -> bool:
+        """Whether this batch can be replayed: the recorded shapes and dtypes (the epoch's last batch is often
+        smaller)."""
+        inputs = _as_tuple(inputs)
+        return (len(inputs) == len(self.inputs) and targets.shape == self.targets.shape
+                and all(new.shape == old.shape and new.dtype == old.dtype for new, old in zip(inputs, self.inputs)))
 
-    def run(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(self, inputs: torch.Tensor | Sequence[torch.Tensor],
+            targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward, loss and backward of this batch: (loss, logits), both detached and overwritten by the next run;
         the gradients are in the parameters' `.grad`."""
-        self.images.copy_(images)
+        for buffer, tensor in zip(self.inputs, _as_tuple(inputs)):
+            buffer.copy_(tensor)
         self.targets.copy_(targets)
         self._reattach_grads()  # something (a zero_grad with set_to_none) may have dropped them
         if self.graph is not None:
@@ -85,7 +93,7 @@ class TrainingGraph:
                 param.grad = grad
 
     def _pass(self) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.forward(self.images)
+        logits = self.forward(*self.inputs)
         loss = self.loss_fn(logits, self.targets)
         loss.backward()
         return loss.detach(), logits.detach()
@@ -113,3 +121,7 @@ class TrainingGraph:
         # allocator's calls are not part of the graph (in the default "global" mode they would fail it).
         with torch.cuda.graph(self.graph, stream=self.stream, capture_error_mode="thread_local"):
             return self._pass()
+
+
+def _as_tuple(inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    return (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)

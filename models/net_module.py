@@ -1,12 +1,13 @@
 """The LightningModule: a network from `models/arch_dict.py`, its loss, optimizer, scheduler and epoch metrics.
 
 Batches arrive as uint8 (or float when tensor augmentations ran in the workers); conversion to float, the optional
-on-device augmentations and Normalize run here, on the training device, in `on_after_batch_transfer`.
+on-device augmentations and Normalize run here, on the training device, in `on_after_batch_transfer` (with
+`cuda_graphs`, inside the training step's CUDA graph instead).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -16,6 +17,15 @@ from models.arch_dict import build_architecture
 from models.cuda_graphs import TrainingGraph
 from models.epoch_metrics import LossAndAccuracy
 from models.training_parts import CUDA_GRAPH_MODES, build_loss, build_optimizer, build_scheduler
+
+
+class GraphBatch(NamedTuple):
+    """A training batch as it left the DataLoader, for the training step's CUDA graph to preprocess and train on:
+    `drawn` holds the augmentation parameters the workers drew (None without `gpu_augmentations`)."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    drawn: torch.Tensor | None
 
 
 class NetModule(pl.LightningModule):
@@ -110,13 +120,19 @@ class NetModule(pl.LightningModule):
             return self.net(images)
         return self._compiled_net(_any_batch_size(images))
 
-    def _graph_for(self, images: torch.Tensor, targets: torch.Tensor) -> TrainingGraph | None:
-        """The training step's CUDA graph for batches of this shape: made at the first training batch; None for
+    def _graph_for(self, batch: GraphBatch) -> TrainingGraph | None:
+        """The training step's CUDA graph for batches like this one: made at the first training batch; None for
         batches of another shape (the epoch's last, smaller one), which run eagerly."""
-        if self._graphed_step is None:  # forward: the compiled network, when compiled, its batch size marked
-            self.__dict__["_graphed_step"] = TrainingGraph(self.net, self.loss, images, targets, forward=self.forward,
-                                                           capture=images.is_cuda)
-        return self._graphed_step if self._graphed_step.matches(images, targets) else None
+        inputs = _graph_inputs(batch)
+        if self._graphed_step is None:
+            self.__dict__["_graphed_step"] = TrainingGraph(self.net, self.loss, inputs, batch.targets,
+                                                           forward=self._graphed_forward, capture=batch.images.is_cuda)
+        return self._graphed_step if self._graphed_step.matches(inputs, batch.targets) else None
+
+    def _graphed_forward(self, images: torch.Tensor, drawn: torch.Tensor | None = None) -> torch.Tensor:
+        # The preprocessing is recorded too: its ~45 small kernels then cost the host nothing per batch. The network
+        # is the compiled one, when compiled, its batch size marked.
+        return self(self.preprocess(images, train=True, drawn=drawn))
 
     def preprocess(self, images: torch.Tensor, train: bool, drawn: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 or [0, 1] float batch -> augmented (optional) and normalized float batch. `drawn` holds the
@@ -142,6 +158,8 @@ class NetModule(pl.LightningModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, targets, *drawn = batch  # the train loader adds drawn parameters with gpu_augmentations
+        if self.trainer.training and self.hparams.cuda_graphs and _graphable(images):
+            return GraphBatch(images, targets, drawn[0] if drawn else None)  # preprocessed in the training step
         if self._compiled_net is not None and self.hparams.compile_mode in CUDA_GRAPH_MODES:
             # CUDA graphs reuse their output memory on each replay: telling torch where a step begins lets it reuse
             # the last step's instead of failing on outputs still alive (Lightning's loop is not a plain for loop).
@@ -156,13 +174,14 @@ class NetModule(pl.LightningModule):
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        images, targets = batch
-        graph = self._graph_for(images, targets) if self.hparams.cuda_graphs and _graphable(images) else None
+        graph = self._graph_for(batch) if isinstance(batch, GraphBatch) else None
         self.__dict__["_graphed_now"] = graph is not None
         if graph is None:
+            if isinstance(batch, GraphBatch):  # another shape than the graph's: preprocessed and trained eagerly
+                batch = self.preprocess(batch.images, train=True, drawn=batch.drawn), batch.targets
             return self._step(batch, "train")
-        loss, logits = graph.run(images, targets)  # the gradients are in the parameters already
-        self.metrics["train_metrics"].update(loss, logits, targets)
+        loss, logits = graph.run(_graph_inputs(batch), batch.targets)  # the gradients are in the parameters already
+        self.metrics["train_metrics"].update(loss, logits, batch.targets)
         return loss
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
@@ -214,6 +233,11 @@ class NetModule(pl.LightningModule):
 def _graphable(images: torch.Tensor) -> bool:
     """Whether a batch can run through CUDA graphs: on a CUDA device."""
     return images.is_cuda
+
+
+def _graph_inputs(batch: GraphBatch) -> tuple[torch.Tensor, ...]:
+    """What the training step's CUDA graph reads: the images, and the drawn augmentation parameters if any."""
+    return (batch.images,) if batch.drawn is None else (batch.images, batch.drawn)
 
 
 def _any_batch_size(batch: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ import json
 import traceback
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -81,19 +82,21 @@ def test_train_runs_on_the_gpu_with_channels_last_device_augmentations_and(tmp_p
 
 
 def fixed_weight_steps(modules: dict[str, NetModule], batches: list) -> dict[str, list[tuple[float, torch.Tensor]]]:
-    """Each module's loss and flattened gradients on each (uint8 images, targets) batch, in training mode, with the
-    weights fixed (no optimizer step) and TF32 off, so that the modules compare to float32 rounding."""
+    """Each module's loss and flattened gradients on each batch as the train loader delivers it ((uint8 images,
+    targets), plus drawn augmentation parameters with gpu_augmentations), through Lightning's hooks, in training
+    mode, with the weights fixed (no optimizer step) and TF32 off, so that the modules compare to float32
+    rounding."""
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     steps = {}
     try:
         for name, module in modules.items():
             module.train()
+            module.trainer = SimpleNamespace(training=True)  # what on_after_batch_transfer reads of the Trainer
             steps[name] = []
-            for images, targets in batches:
-                torch.compiler.cudagraph_mark_step_begin()  # as NetModule.on_after_batch_transfer does
+            for batch in batches:
                 module.zero_grad(set_to_none=True)
-                loss = module.training_step((module.preprocess(images, train=True), targets), 0)
+                loss = module.training_step(module.on_after_batch_transfer(batch, 0), 0)
                 module.backward(loss)  # as Lightning calls it: a no-op after a cuda_graphs replay
                 steps[name].append((loss.item(), torch.cat([p.grad.flatten() for p in module.parameters()])))
     finally:
@@ -133,20 +136,25 @@ def test_compiled_steps_under_cuda_graphs_compute_what_eager_ones_do() -> None:
 
 
 def test_graphed_training_steps_give_eager_losses_gradients_and_statistics() -> None:
-    """`cuda_graphs: true`: a training step's forward, loss and backward replayed as one graph must give what eager
-    steps give on batches A, B, A, B (a replay that read a stale input or wrote over a live output would not), and
-    leave batch norm's running statistics where eager steps leave them (the graph's warm-up and recorded passes are
-    undone). The last, smaller batch runs eagerly. TF32 off, dropout off, weights fixed."""
-    config = validate({"image_size": [64, 64], "dropout": 0.0})
+    """`cuda_graphs: true`: a training step's preprocessing (with device augmentations from drawn parameters),
+    forward, loss and backward replayed as one graph must give what eager steps give on batches A, B, A, B (a
+    replay that read a stale input or wrote over a live output would not), and leave batch norm's running
+    statistics where eager steps leave them (the graph's warm-up and recorded passes are undone). The last, smaller
+    batch runs eagerly. TF32 off, dropout off, weights fixed."""
+    config = validate({"image_size": [64, 64], "dropout": 0.0, "gpu_augmentations": True})
     names = [str(i) for i in range(10)]
     generator = torch.Generator(device="cuda").manual_seed(0)
-    a, b, small = [(torch.randint(0, 256, (size, 3, 64, 64), dtype=torch.uint8, device="cuda", generator=generator),
-                    torch.randint(0, 10, (size,), device="cuda", generator=generator)) for size in (8, 8, 4)]
     eager = NetModule.from_config(config, 10, names).cuda()
+    torch.manual_seed(0)  # the drawn augmentation parameters
+    a, b, small = [(torch.randint(0, 256, (size, 3, 64, 64), dtype=torch.uint8, device="cuda", generator=generator),
+                    torch.randint(0, 10, (size,), device="cuda", generator=generator),
+                    eager.augment.draw((size, 3, 64, 64)).cuda()) for size in (8, 8, 4)]
     graphed = NetModule.from_config({**config, "cuda_graphs": True}, 10, names).cuda()
     graphed.load_state_dict(eager.state_dict())
     steps = fixed_weight_steps({"eager": eager, "graphed": graphed}, [a, b, a, b, small])
-    assert graphed._graphed_step.graph is not None and graphed._graphed_step.images.shape == (8, 3, 64, 64)
+    assert graphed._graphed_step.graph is not None
+    assert [tuple(tensor.shape) for tensor in graphed._graphed_step.inputs] == [(8, 3, 64, 64), tuple(a[2].shape)]
+    assert steps["eager"][0][0] != steps["eager"][1][0]  # the two batches differ
     for index, ((loss, grad), (graphed_loss, graphed_grad)) in enumerate(zip(steps["eager"], steps["graphed"])):
         assert graphed_loss == pytest.approx(loss, rel=1e-4), f"step {index}"
         assert (graphed_grad - grad).norm() <= 1e-3 * grad.norm(), f"step {index}"

@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from datasets.device_augment import DrawingCollate
 from models.net_module import NetModule
 from utils.configuration import validate
 
@@ -112,41 +113,47 @@ def test_each_batch_starts_a_cuda_graph_step_only_when_cuda_graphs_are_compiled(
 
 
 def _fit(module: NetModule, epochs: int = 2) -> pl.Trainer:
-    """Lightning's real loop on the CPU: 10 uint8 images of 32 px in batches of 4 (the last one of 2), validated."""
+    """Lightning's real loop on the CPU: 10 uint8 images of 32 px in batches of 4 (the last one of 2), validated;
+    with device augmentations, the train loader draws their parameters (seeded) as train.py's does."""
     generator = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8, generator=generator)
     data = TensorDataset(images, torch.randint(0, 5, (10,), generator=generator))
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
-    trainer.fit(module, DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))
+    collate = None if module.augment is None else DrawingCollate(module.augment)
+    torch.manual_seed(2)
+    trainer.fit(module, DataLoader(data, batch_size=4, collate_fn=collate), DataLoader(data, batch_size=4))
     return trainer
 
 
 def test_cuda_graphs_train_as_eager_steps_do_around_lightnings_loop(monkeypatch) -> None:
-    """Without CUDA the graph records nothing (capture=False) and each "replay" runs the same forward, loss and
-    backward into the graph's buffers: what is checked is everything around the graph. Lightning's backward and
-    its zero_grad between training_step and backward must leave a replay's gradients alone, the epoch's last,
-    smaller batch must run eagerly into the same (zeroed) gradient tensors, and making the graph (warm-up passes
-    and one recorded pass) must leave batch norm's statistics as they were: weights, statistics and metrics after
-    two epochs equal those of plain training."""
+    """Without CUDA the graph records nothing (capture=False) and each "replay" runs the same preprocessing,
+    forward, loss and backward into the graph's buffers: what is checked is everything around the graph. The graph
+    must read the batch as the loader sent it (uint8 images and the drawn augmentation parameters) and preprocess it
+    once; Lightning's backward and its zero_grad between training_step and backward must leave a replay's gradients
+    alone; the epoch's last, smaller batch must be preprocessed and run eagerly into the same (zeroed) gradient
+    tensors; and making the graph (warm-up passes and one recorded pass) must leave batch norm's statistics as they
+    were: weights, statistics and metrics after two epochs equal those of plain training."""
     import models.cuda_graphs
     import models.net_module
 
     replays = []
     real_run = models.cuda_graphs.TrainingGraph.run
     monkeypatch.setattr(models.cuda_graphs.TrainingGraph, "run",
-                        lambda graph, images, targets: replays.append(tuple(images.shape)) or real_run(
-                            graph, images, targets))
+                        lambda graph, inputs, targets: replays.append([tuple(x.shape) for x in inputs]) or real_run(
+                            graph, inputs, targets))
     monkeypatch.setattr(models.net_module, "_graphable", lambda images: True)
+    config = validate({"gpu_augmentations": True, "image_size": [32, 32], "dropout": 0.0, "lr_scheduler": "StepLR",
+                       "lr_scheduler_params": {"step_size": 1, "gamma": 0.5}})
+    names = [str(i) for i in range(5)]
     torch.manual_seed(0)
-    graphed = NetModule("ghost", num_classes=5, dropout=0.0, cuda_graphs=True, lr_scheduler="StepLR",
-                        lr_scheduler_params={"step_size": 1, "gamma": 0.5})
-    plain = NetModule("ghost", num_classes=5, dropout=0.0, lr_scheduler="StepLR",
-                      lr_scheduler_params={"step_size": 1, "gamma": 0.5})
+    graphed = NetModule.from_config({**config, "cuda_graphs": True}, 5, names)
+    plain = NetModule.from_config(config, 5, names)
     plain.load_state_dict(graphed.state_dict())
     trainers = {"graphed": _fit(graphed), "plain": _fit(plain)}
-    assert replays == [(4, 3, 32, 32)] * 4  # two full batches per epoch; the batches of 2 ran eagerly
-    assert graphed._graphed_step.images.shape == (4, 3, 32, 32)
+    width = graphed.augment.draw((1, 3, 32, 32)).shape[1]
+    assert replays == [[(4, 3, 32, 32), (4, width)]] * 4  # two full batches per epoch; the batches of 2 ran eagerly
+    assert [tensor.dtype for tensor in graphed._graphed_step.inputs] == [torch.uint8, torch.float32]
     for (name, value), graphed_value in zip(plain.state_dict().items(), graphed.state_dict().values()):
         torch.testing.assert_close(graphed_value, value, rtol=1e-5, atol=1e-6, msg=name)
     for key in ("train_loss", "train_acc", "valid_loss", "valid_acc"):
@@ -167,11 +174,13 @@ def test_a_training_step_that_cannot_be_graphed_is_one_config_error_and_keeps_it
     monkeypatch.setattr(models.cuda_graphs.TrainingGraph, "_record", fails)
     monkeypatch.setattr(models.net_module, "_graphable", lambda images: True)
     module = NetModule("ghost", num_classes=5, cuda_graphs=True)
+    module.trainer = SimpleNamespace(training=True)
     before = {name: buffer.clone() for name, buffer in module.net.named_buffers()}
     module.train()
     with pytest.raises(ConfigError, match=r"cuda_graphs: true, but the training step could not be graphed "
                                           r"\(operation not permitted when stream is capturing\); set cuda_graphs: "
                                           r"false$"):
-        module.training_step((torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])), 0)
+        images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+        module.training_step(module.on_after_batch_transfer((images, torch.tensor([0, 1, 2, 3])), 0), 0)
     for name, buffer in module.net.named_buffers():
         torch.testing.assert_close(buffer, before[name])

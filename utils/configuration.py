@@ -220,9 +220,9 @@ SCHEMA: tuple[Key, ...] = (
         "reduce-overhead replays the compiled kernels as CUDA graphs (GhostNet's training step 2.2x eager's on an "
         "H100, where default was slower than eager; on a CPU it is default), default, or max-autotune (long "
         "compilation).", choices=("default", "reduce-overhead", "max-autotune")),
-    Key("cuda_graphs", "hardware", False, BOOL, "Replay each training batch's forward, loss and backward as one "
-        "CUDA graph (torch.cuda.graph), captured at the first training batch: less host time per step for a small "
-        "network on a GPU; the optimizer step stays eager. Batches of other sizes, validation and inference run "
+    Key("cuda_graphs", "hardware", False, BOOL, "Replay each training batch's on-device preprocessing, forward, "
+        "loss and backward as one CUDA graph (torch.cuda.graph), captured at the first training batch: less host "
+        "time per step for a small network on a GPU; the optimizer step stays eager. Batches of other sizes, validation and inference run "
         "eagerly. One CUDA GPU, precision 32-true; with compile, compile_mode default. Experimental: not yet run on "
         "a GPU."),
     Key("async_checkpoints", "hardware", True, BOOL, "Write checkpoints from a background thread while the next "
