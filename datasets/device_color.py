@@ -31,17 +31,28 @@ def channel_mix(matrix: Tensor, pixels: Tensor, offset: Tensor | None = None) ->
     """`matrix` @ `pixels` (+ `offset`) for a (B, C, N) batch of pixels and a (B, C, C) or (C, C) matrix: each pixel's
     channels mixed linearly.
 
-    Eagerly, one batched matrix product: one kernel. Under torch.compile, C multiply-adds instead, which fuse with
-    the kernels around them: a matrix product with an inner size of 3 stays an external cuBLAS call that the
-    compiler cannot fuse, and a slow one (on an H100, ColorJitter's seven took 1.45 ms of a 16 ms training step,
-    2026-11-26)."""
-    if not torch.compiler.is_compiling():
+    Eagerly, one batched matrix product: one kernel launch. Where launches cost the host nothing, C multiply-adds
+    instead (`launches_are_free`): a matrix product with an inner size of 3 is a slow cuBLAS call (on an H100,
+    ColorJitter's seven took 1.45 ms of a 16 ms training step, 2026-11-26), which torch.compile cannot fuse with
+    the kernels around it, and which reads and writes more than the three in-place multiply-adds would."""
+    if not launches_are_free():
         return torch.matmul(matrix, pixels) if offset is None else torch.baddbmm(offset, matrix, pixels)
     columns = matrix if matrix.dim() == 3 else matrix.unsqueeze(0)
-    mixed = columns[:, :, :1] * pixels[:, :1]
+    first, first_pixels = columns[:, :, :1], pixels[:, :1]
+    mixed = first * first_pixels if offset is None else torch.addcmul(offset, first, first_pixels)
     for channel in range(1, pixels.shape[1]):
-        mixed = mixed + columns[:, :, channel:channel + 1] * pixels[:, channel:channel + 1]
-    return mixed if offset is None else mixed + offset
+        mixed = mixed.addcmul_(columns[:, :, channel:channel + 1], pixels[:, channel:channel + 1])
+    return mixed
+
+
+def launches_are_free() -> bool:
+    """Whether this code is being traced by torch.compile (its kernels are fused) or recorded into a CUDA graph
+    (`cuda_graphs: true`, replayed without the host launching each kernel): then fewer bytes moved, not fewer
+    kernels, is what makes a step fast."""
+    if torch.compiler.is_compiling():
+        return True
+    # Without CUDA set up, nothing is being recorded (and asking would fail on a machine without a driver).
+    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
 
 
 def hue_shift(pixels: Tensor, shift: Tensor) -> Tensor:
