@@ -14,8 +14,9 @@
 #   tests           the CUDA tests (correctness on the GPU; runs while data is generated), but the one that compiles
 #   graph-test      that one: compiled training steps under CUDA graphs against eager ones (also while the data is
 #                   generated; its 64 px graphs share no compiled kernels with the 227 px steps)
-#   graph-throughput model-only vs full pipeline with cuda_graphs on (each training batch's forward, loss and
-#                   backward replayed as one CUDA graph), the network eager and compiled (compile_mode default)
+#   graph-throughput model-only vs full pipeline with cuda_graphs on (each training batch's preprocessing,
+#                   forward, loss and backward replayed as one CUDA graph), the network eager and compiled
+#                   (compile_mode default)
 #   graph-epochs    real epochs of train() with cuda_graphs on, no compile: the C-50 projection and where each
 #                   epoch's time goes; then again with async_checkpoints off, side by side
 #   graph-compile-epochs the same with compile on (compile_mode default), compilation included
@@ -28,7 +29,8 @@
 #   compile-default the same with compile_mode default (slower than eager on an H100, 2026-11-26)
 #   step-graph      model-only steps: compile reduce-overhead against the whole step in one CUDA graph (eager and
 #                   compiled network, then with the preprocessing) and against cuda_graphs' TrainingGraph (forward,
-#                   loss and backward; eager and compiled network), each variant printed as soon as it is measured
+#                   loss and backward; eager and compiled network; eager with the preprocessing), each variant
+#                   printed as soon as it is measured
 #   profile         where a full-pipeline step spends its time, compile on: the host per Lightning action, the GPU
 #                   busy share and its kernels, against the model-only loop's (profile-eager: the same, compile off)
 #   overhead syncs pipeline epochs   Lightning's host time per step, host-device syncs per batch, the data

@@ -1,6 +1,6 @@
-"""What CUDA graphs around more of the training step would gain: GhostNet's model-only step run six ways, side by side.
+"""What CUDA graphs around more of the training step would gain: GhostNet's model-only step run seven ways.
 
-    python -m benchmarks.step_graph [--batches 100] [--image-size 227] [--batch-size 64] [--variants a b c d e f]
+    python -m benchmarks.step_graph [--batches 100] [--image-size 227] [--batch-size 64] [--variants a b c d e f g]
 
 On an H100 (2026-11-26) a compiled training step was bound by the host: torch.compile's CUDA graphs cover the
 network's forward and backward, but the Python around them (the graph trees' bookkeeping, the gradients handed back
@@ -17,7 +17,9 @@ script measures the alternative before it is built into training:
   (e) forward, loss and backward captured in one graph by `models/cuda_graphs.py`'s TrainingGraph, the optimizer
       eager: what `cuda_graphs: true` trains with, which fits Lightning's loop as it is (the optimizer,
       schedulers and checkpoints untouched);
-  (f) as (e), the network compiled (default mode) inside the graph.
+  (f) as (e), the network compiled (default mode) inside the graph;
+  (g) as (e), with the on-device preprocessing (from uint8, as in (d)) in the graph too: what `cuda_graphs: true`
+      records in training, so that (g) against (e) is the preprocessing's cost inside the graph.
 
 Every variant starts from the same weights and trains on the same rotating batches (dropout off, so that random
 numbers drawn inside a graph do not make the runs differ); each one's losses over its first steps are compared with
@@ -52,6 +54,7 @@ VARIANTS = {
     "d": "as (c), device preprocessing from uint8 in the graph too",
     "e": "cuda_graphs: true (forward, loss and backward in one graph, optimizer eager), eager network",
     "f": "as (e), the network compiled (default mode)",
+    "g": "as (e), device preprocessing from uint8 in the graph too (what cuda_graphs: true records)",
 }
 CHECKED_STEPS = 8  # losses compared with the eager run's over these first steps
 POOL = 4  # distinct batches, used in turn
@@ -92,22 +95,31 @@ def build(config: dict[str, Any], device: torch.device, capturable: bool) -> Any
 
 
 def python_loop(config: dict[str, Any], device: torch.device, batches: Batches, steps: int, compile_mode: str | None,
-                graphed: bool = False, dry_run: bool = False) -> tuple[list[float], list[float]]:
+                graphed: bool = False, preprocess: bool = False,
+                dry_run: bool = False) -> tuple[list[float], list[float]]:
     """The step as Python runs it, eager (compile_mode None) or through torch.compile, its forward, loss and backward
-    optionally one TrainingGraph (recorded only when not a dry run): (losses of the first CHECKED_STEPS steps, the
-    wall clock after each step's queueing, synchronised at the end of the untimed steps and of the last)."""
+    optionally one TrainingGraph (recorded only when not a dry run), which with `preprocess` starts from the uint8
+    batch and its drawn augmentation parameters: (losses of the first CHECKED_STEPS steps, the wall clock after
+    each step's queueing, synchronised at the end of the untimed steps and of the last)."""
     module, optimizer = build(config, device, capturable=False)
     net = torch.compile(module.net, mode=compile_mode) if compile_mode else module.net
     graph = None
+
+    def inputs(index: int) -> tuple[torch.Tensor, ...]:
+        if preprocess:
+            return batches.uint8[index % POOL], batches.drawn[index % POOL]
+        return (batches.float[index % POOL],)
+
     if graphed:  # as NetModule does with cuda_graphs at its first training batch
-        graph = TrainingGraph(module.net, module.loss, batches.float[0], batches.targets[0], forward=net,
+        forward = (lambda images, drawn: net(module._preprocess(images, True, drawn))) if preprocess else net
+        graph = TrainingGraph(module.net, module.loss, inputs(0), batches.targets[0], forward=forward,
                               capture=not dry_run)
     losses, marks = [], []
     for step in range(steps):
         if compile_mode in CUDA_GRAPH_MODES:
             torch.compiler.cudagraph_mark_step_begin()
         if graph is not None:
-            loss, _ = graph.run(batches.float[step % POOL], batches.targets[step % POOL])
+            loss, _ = graph.run(inputs(step), batches.targets[step % POOL])
         else:
             loss = module.loss(net(batches.float[step % POOL]), batches.targets[step % POOL])
             optimizer.zero_grad(set_to_none=True)
@@ -157,7 +169,7 @@ def graph_loop(config: dict[str, Any], device: torch.device, batches: Batches, s
                 loss = step()
         else:
             if replay is None:
-                replay = _capture(step, optimizer, dry_run)
+                replay = _capture(step, optimizer, side, dry_run)
             loss = replay()
         if index < CHECKED_STEPS:
             losses.append(loss.item())
@@ -165,10 +177,12 @@ def graph_loop(config: dict[str, Any], device: torch.device, batches: Batches, s
     return losses, marks
 
 
-def _capture(step: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer,
+def _capture(step: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer, stream: torch.cuda.Stream | None,
              dry_run: bool) -> Callable[[], torch.Tensor]:
-    """A function that replays `step`: a CUDA graph of it (gradients set to None first, so that the backward
-    allocates them in the graph's own memory and each replay writes them anew), or `step` itself in a dry run."""
+    """A function that replays `step`: a CUDA graph of it, recorded on `stream`, the warm-up's (so that no autograd
+    node from the warm-up refers to a stream outside the capture), with gradients set to None first (the backward
+    then allocates them in the graph's own memory and each replay writes them anew); or `step` itself in a dry
+    run."""
     if dry_run:
         def eager() -> torch.Tensor:
             optimizer.zero_grad(set_to_none=True)
@@ -176,7 +190,8 @@ def _capture(step: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer,
         return eager
     graph = torch.cuda.CUDAGraph()
     optimizer.zero_grad(set_to_none=True)
-    with torch.cuda.graph(graph):
+    # thread_local, as models/cuda_graphs.py records: another thread's CUDA calls cannot fail the capture.
+    with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
         loss = step()
 
     def replay() -> torch.Tensor:
@@ -198,8 +213,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="timed steps per variant; as many untimed ones run first (default 100)")
     parser.add_argument("--image-size", type=positive_int, default=227, help="square image size in px (default 227)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="batch size (default 64)")
-    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list("abecfd"),
-                        help="which to run, in this order (default all: a b e c f d, those that compile least "
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list("abegcfd"),
+                        help="which to run, in this order (default all: a b e g c f d, those that compile least "
                              "first, so that a time limit cuts the costliest)")
     parser.add_argument("--dry-run", action="store_true",
                         help="no capture (replays call the step function): checks the plumbing, on a CPU too")
@@ -222,10 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.variants:
         print(f"measuring ({name}) {VARIANTS[name]} ...", flush=True)
         try:
-            if name in "aef":
-                mode = {"a": "reduce-overhead", "e": None, "f": "default"}[name]
-                losses, marks = python_loop(config, device, batches, steps, compile_mode=mode, graphed=name in "ef",
-                                            dry_run=args.dry_run)
+            if name in "aefg":
+                mode = {"a": "reduce-overhead", "e": None, "f": "default", "g": None}[name]
+                losses, marks = python_loop(config, device, batches, steps, compile_mode=mode, graphed=name in "efg",
+                                            preprocess=name == "g", dry_run=args.dry_run)
             else:
                 losses, marks = graph_loop(config, device, batches, steps, compiled=name in "cd",
                                            preprocess=name == "d", dry_run=args.dry_run)
@@ -237,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         ms = (marks[-1] - marks[steps // 2 - 1]) / (steps - steps // 2) * 1e3
         base = base or ms
-        # (d) trains on preprocessed uint8 batches, not on the reference's float ones: its losses are its own.
-        drift = "-" if name == "d" else f"{max(abs(x - r) / abs(r) for x, r in zip(losses, reference)):.1e}"
+        # (d) and (g) train on preprocessed uint8 batches, not on the reference's float ones: their losses are their
+        # own.
+        drift = "-" if name in "dg" else f"{max(abs(x - r) / abs(r) for x, r in zip(losses, reference)):.1e}"
         rows.append([f"({name}) {VARIANTS[name]}", f"{ms:.2f}", f"{args.batch_size / ms * 1e3:.0f}",
                      f"{base / ms:.2f}x", drift])
         print(f"  {rows[-1][0]}: {rows[-1][1]} ms per step, losses vs eager {drift}", flush=True)

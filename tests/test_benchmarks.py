@@ -238,10 +238,12 @@ def test_step_graph_needs_cuda_unless_it_only_checks_its_plumbing() -> None:
     # a dry run captures no graph (the whole step's or TrainingGraph's): those variants then train exactly as the
     # eager run does, from the same weights on the same batches
     output = run_script("benchmarks.step_graph", "--dry-run", "--batches", "3", "--image-size", "32",
-                        "--batch-size", "4", "--variants", "b", "e")
+                        "--batch-size", "4", "--variants", "b", "e", "g")
     rows = table_rows(output)
-    assert [row[0][:3] for row in rows] == ["(b)", "(e)"]
-    assert all(float(row[1]) > 0 and float(row[4]) == 0 for row in rows)
+    assert [row[0][:3] for row in rows] == ["(b)", "(e)", "(g)"]
+    assert all(float(row[1]) > 0 for row in rows)
+    assert float(rows[0][4]) == 0 and float(rows[1][4]) == 0
+    assert rows[2][4] == "-"  # (g) trains on preprocessed uint8 batches: nothing to compare with
     assert "DRY RUN" in output
 
 
