@@ -60,7 +60,7 @@ def train(config: dict[str, Any], resume: str | None = None, callbacks: list | N
 
     from datasets.stanford_data_module import StanfordCarsDataModule
     from models.net_module import NetModule
-    from models.training_parts import check_hardware, check_training_parts, early_stopping_patience
+    from models.training_parts import check_hardware, check_training_parts, early_stopping_patience, use_compile_cache
     from utils.plots import write_plots
     from utils.resilience import GracefulInterrupt, RngStateCheckpoint, find_resume_checkpoint
     from utils.run_outputs import MetricsCsvWriter, epochs_done, read_summary, remove_unused_run_dir, write_summary
@@ -72,6 +72,7 @@ def train(config: dict[str, Any], resume: str | None = None, callbacks: list | N
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")  # we log per epoch
     check_training_parts(config)
     check_hardware(config)
+    use_compile_cache(config)
     check_tracker_config(config)
     checkpoint = find_resume_checkpoint(resume, config) if resume else None
     if config["seed"] is not None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -110,6 +112,19 @@ def check_hardware(config: dict[str, Any]) -> None:
     if config["cuda_graphs"] and trainer.world_size > 1:
         raise ConfigError(f"cuda_graphs: true trains on one GPU; these settings start {trainer.world_size} "
                           "processes (set devices: 1, or cuda_graphs: false)")
+
+
+def use_compile_cache(config: dict[str, Any]) -> None:
+    """Point torch.compile's caches at `compile_cache_dir` (when compiling and set). torch reads the folder from
+    TORCHINDUCTOR_CACHE_DIR when it first compiles, and processes started for DDP inherit it."""
+    if not (config["compile"] and config["compile_cache_dir"]):
+        return
+    folder = Path(config["compile_cache_dir"]).absolute()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"compile_cache_dir {str(folder)!r} cannot be created ({error.strerror})") from None
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
 
 
 def build_loss(name: str, params: dict[str, Any] | None) -> torch.nn.Module:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -12,7 +17,9 @@ from models.training_parts import (
     build_scheduler,
     check_hardware,
     early_stopping_patience,
+    use_compile_cache,
 )
+from tests.helpers import ROOT
 from utils.configuration import validate
 from utils.errors import ConfigError
 
@@ -118,3 +125,37 @@ def test_cuda_graphs_settings_that_cannot_run_are_refused_before_training(settin
 
 def test_cuda_graphs_off_leaves_the_same_settings_alone() -> None:
     check_hardware(validate({"accelerator": "cpu", "precision": "bf16-mixed", "compile": True}))
+
+
+COMPILE_ONCE = """
+import sys, torch
+from torch._dynamo.utils import counters
+from models.training_parts import use_compile_cache
+from utils.configuration import validate
+use_compile_cache(validate({"compile": True, "compile_cache_dir": sys.argv[1]}))
+torch.compile(lambda x: (x.sin() * 2 + 1).relu())(torch.randn(16))
+print(dict(counters["inductor"]))
+"""
+
+
+def test_a_compile_cache_dir_keeps_what_one_process_compiled_for_the_next(tmp_path: Path) -> None:
+    """Two processes, as two runs on fresh machines sharing a folder: the second finds the first's compiled graph
+    there (torch's own default folder is elsewhere, so a hit can only come from compile_cache_dir)."""
+    env = {key: value for key, value in os.environ.items() if key != "TORCHINDUCTOR_CACHE_DIR"}
+    folder = tmp_path / "kept" / "compiled"
+    runs = [subprocess.run([sys.executable, "-c", COMPILE_ONCE, str(folder)], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=300) for _ in range(2)]
+    assert all(run.returncode == 0 for run in runs), runs[-1].stderr[-2000:]
+    first, second = (run.stdout.strip().splitlines()[-1] for run in runs)
+    assert "'fxgraph_cache_miss': 1" in first and "'fxgraph_cache_hit': 1" in second
+    assert (folder / "fxgraph").is_dir()
+
+
+def test_compile_cache_dir_is_left_alone_without_compile_and_named_when_it_cannot_be_made(monkeypatch,
+                                                                                        tmp_path: Path) -> None:
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    use_compile_cache(validate({"compile": False, "compile_cache_dir": str(tmp_path / "unused")}))
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ and not (tmp_path / "unused").exists()
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"compile_cache_dir '.*file/cache' cannot be created \(Not a directory\)$"):
+        use_compile_cache(validate({"compile": True, "compile_cache_dir": str(tmp_path / "file" / "cache")}))
