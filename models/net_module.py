@@ -120,17 +120,16 @@ class NetModule(pl.LightningModule):
             return self.net(images)
         return self._compiled_net(_any_batch_size(images))
 
-    def _graph_for(self, batch: GraphBatch) -> TrainingGraph | None:
+    def _graph_for(self, inputs: tuple[torch.Tensor, ...], targets: torch.Tensor) -> TrainingGraph | None:
         """The training step's CUDA graph for batches like this one: made at the first training batch; None for
         batches of another shape (the epoch's last, smaller one), which run eagerly."""
-        inputs = _graph_inputs(batch)
         if self._graphed_step is None:
-            self.__dict__["_graphed_step"] = TrainingGraph(self.net, self.loss, inputs, batch.targets,
-                                                           forward=self._graphed_forward, capture=batch.images.is_cuda)
-        return self._graphed_step if self._graphed_step.matches(inputs, batch.targets) else None
+            self.__dict__["_graphed_step"] = TrainingGraph(self.net, self.loss, inputs, targets,
+                                                           forward=self._graphed_forward, capture=inputs[0].is_cuda)
+        return self._graphed_step if self._graphed_step.matches(inputs, targets) else None
 
     def _graphed_forward(self, images: torch.Tensor, drawn: torch.Tensor | None = None) -> torch.Tensor:
-        # The preprocessing is recorded too: its ~45 small kernels then cost the host nothing per batch. The network
+        # The preprocessing is recorded too: its 44 small operators then cost the host nothing per batch. The network
         # is the compiled one, when compiled, its batch size marked.
         return self(self.preprocess(images, train=True, drawn=drawn))
 
@@ -174,13 +173,15 @@ class NetModule(pl.LightningModule):
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        graph = self._graph_for(batch) if isinstance(batch, GraphBatch) else None
-        self.__dict__["_graphed_now"] = graph is not None
-        if graph is None:
-            if isinstance(batch, GraphBatch):  # another shape than the graph's: preprocessed and trained eagerly
-                batch = self.preprocess(batch.images, train=True, drawn=batch.drawn), batch.targets
+        if not isinstance(batch, GraphBatch):
+            self.__dict__["_graphed_now"] = False
             return self._step(batch, "train")
-        loss, logits = graph.run(_graph_inputs(batch), batch.targets)  # the gradients are in the parameters already
+        inputs = _graph_inputs(batch)
+        graph = self._graph_for(inputs, batch.targets)
+        self.__dict__["_graphed_now"] = graph is not None
+        if graph is None:  # another shape than the graph's: preprocessed and trained eagerly
+            return self._step((self.preprocess(batch.images, train=True, drawn=batch.drawn), batch.targets), "train")
+        loss, logits = graph.run(inputs, batch.targets)  # the gradients are in the parameters already
         self.metrics["train_metrics"].update(loss, logits, batch.targets)
         return loss
 
