@@ -38,7 +38,8 @@ from benchmarks.common import (
 from datasets.stanford_data_module import StanfordCarsDataModule
 from models.training_parts import CUDA_GRAPH_MODES
 from utils.cli import run_main
-from utils.configuration import KEYS, validate
+from utils.config_schema import KEYS
+from utils.configuration import validate
 from utils.errors import UserError
 
 C50_EPOCHS, TRAIN_IMAGES, VALID_IMAGES = 129, 8144, 8041

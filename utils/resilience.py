@@ -17,7 +17,8 @@ import torch
 import yaml
 from pytorch_lightning.callbacks import Callback
 
-from utils.configuration import SCHEMA, defaults, masked
+from utils.config_schema import SCHEMA, defaults
+from utils.configuration import masked
 from utils.errors import ConfigError
 from utils.run_outputs import epochs_done, read_summary
 

@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 
 from utils.cli import run_main
-from utils.configuration import KEYS
+from utils.config_schema import KEYS
 from utils.errors import UserError
 
 COLUMNS = ["run", "ID", "description", "epochs", "min_train_loss", "min_valid_loss", "max_train_acc",
