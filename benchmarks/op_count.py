@@ -1,4 +1,4 @@
-"""Operator counts of one training step, from PyTorch's profiler: the network vs the on-device preprocessing, and a
+"""Operator counts and memory traffic of one training step: the network vs the on-device preprocessing, and a
 whole training iteration through Lightning vs the model-only loop.
 
     python -m benchmarks.op_count [--batch-size 64] [--image-size 227]
@@ -15,18 +15,31 @@ optimizer's step, as `benchmarks.training_throughput` runs it) and one iteration
 `NetModule` over batches as the train loader's workers deliver them (preprocessing, step, epoch metrics, hooks;
 the host-to-device copies of a GPU run are not in it). Their ratio is the launch-bound prediction of the full
 pipeline's share of model-only speed.
+
+Where launches cost the host nothing (a step replayed as a CUDA graph, `cuda_graphs: true`), the GPU's own time is
+what counts, and for GhostNet's small convolutions and elementwise kernels that is mostly memory traffic. The first
+table therefore also gives each part's bytes, seen through a TorchDispatchMode (the backward's operators included):
+each kernel-launching operator's tensor inputs and outputs in full, a broadcast input's distinct elements once, a
+tensor changed in place (or an `out=` buffer) as written. It is an upper bound where an operator reads only part of
+an input (gather, grid_sample) or a schema marks a list it may leave alone (the fused optimizer's gradients), and it
+ignores caches. The preprocessing is counted as eager runs it and as a CUDA graph's capture records it (colour
+channels mixed by in-place multiply-adds instead of batched matrix products; see datasets/device_color.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import pytorch_lightning as pl
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from benchmarks.common import NUM_CLASSES, markdown_table, quiet_lightning
 from utils.cli import run_main
@@ -54,6 +67,47 @@ def kernel_ops(profiler: profile) -> Counter[str]:
     top = [event.name for event in profiler.events() if event.name.startswith("aten::")
            and (event.cpu_parent is None or not event.cpu_parent.name.startswith("aten::"))]
     return Counter(name for name in top if name not in NO_KERNEL)
+
+
+class _Traffic(TorchDispatchMode):
+    """Adds up the bytes of the tensors each kernel-launching operator reads and writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if f"aten::{func.overloadpacket.__name__}" in NO_KERNEL:
+            return out
+        given = dict(zip((argument.name for argument in func._schema.arguments), args)) | kwargs
+        reads, writes = [], {id(t): t for t in _tensors(out)}
+        for argument in func._schema.arguments:
+            tensors = _tensors(given.get(argument.name))
+            if not argument.is_out:
+                reads += tensors
+            if argument.alias_info is not None and argument.alias_info.is_write:  # in place, or an out= buffer
+                writes.update((id(t), t) for t in tensors)
+        self.bytes += sum(_distinct_bytes(t) for t in reads + list(writes.values()))
+        return out
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    return [leaf for leaf in tree_flatten(value)[0] if isinstance(leaf, torch.Tensor)]
+
+
+def _distinct_bytes(tensor: torch.Tensor) -> int:
+    """Bytes of the distinct elements a tensor view covers (a broadcast dimension, stride 0, counts once)."""
+    elements = math.prod(size for size, stride in zip(tensor.shape, tensor.stride()) if stride != 0)
+    return elements * tensor.element_size()
+
+
+def count_bytes(fn: Callable[[], object]) -> int:
+    """Bytes read and written by the kernel-launching operators that `fn` dispatches (see the module's docstring)."""
+    with _Traffic() as traffic:
+        fn()
+    return traffic.bytes
 
 
 class IterationProfiler(pl.Callback):
@@ -121,27 +175,39 @@ def main(argv: list[str] | None = None) -> int:
 
     model_only_iteration()  # first calls allocate and pick kernels, and make the optimizer's state
     drawn = module.augment.draw(shape)  # as the train loader's workers draw them
-    labels = ["preprocessing: uint8 -> float, device augmentations (parameters from the workers), Normalize",
-              "network: forward + backward (training)", "network: forward (validation)",
-              f"optimizer step ({type(optimizer).__name__}, fused {bool(optimizer.defaults.get('fused'))})",
-              "for comparison: preprocessing drawing the parameters on the device"]
-    counts = [count_ops(lambda: module.preprocess(uint8_batch, train=True, drawn=drawn)), count_ops(network_step),
-              count_ops(evaluation), count_ops(optimizer.step),
-              count_ops(lambda: module.preprocess(uint8_batch, train=True))]
+
+    def preprocessing() -> None:
+        module.preprocess(uint8_batch, train=True, drawn=drawn)
+
+    def recorded_preprocessing() -> None:
+        with mock.patch("datasets.device_color.launches_are_free", return_value=True):
+            preprocessing()
+
+    parts = [("preprocessing: uint8 -> float, device augmentations (parameters from the workers), Normalize",
+              preprocessing),
+             ("  the same as a CUDA graph records it (channels mixed by multiply-adds)", recorded_preprocessing),
+             ("network: forward + backward (training)", network_step), ("network: forward (validation)", evaluation),
+             (f"optimizer step ({type(optimizer).__name__}, fused {bool(optimizer.defaults.get('fused'))})",
+              optimizer.step),
+             ("for comparison: preprocessing drawing the parameters on the device",
+              lambda: module.preprocess(uint8_batch, train=True))]
     start = 0
     for op in module.augment.steps:
         width = op.width(shape)
-        labels.append(f"  of which {op.name} (applying its parameters)")
-        counts.append(count_ops(lambda op=op, table=drawn[:, start:start + width]: op.apply_prepared(images, table)))
+        parts.append((f"  of which {op.name} (applying its parameters)",
+                      lambda op=op, table=drawn[:, start:start + width]: op.apply_prepared(images, table)))
         start += width
-    network = sum(counts[1].values())
+    counts = [sum(count_ops(fn).values()) for _, fn in parts]
+    traffic = [count_bytes(fn) for _, fn in parts]
     print(f"GhostNet (output_channels {config['output_channels']}), batch {args.batch_size}, "
           f"{args.image_size}x{args.image_size}; torch {torch.__version__}")
-    print(markdown_table(["part of a training step", "kernel-launching operators"],
-                         [[label, str(sum(count.values()))] for label, count in zip(labels, counts)]))
-    preprocessing = sum(counts[0].values())
+    print(markdown_table(["part of a training step", "kernel-launching operators", "MB read + written"],
+                         [[label, str(count), f"{size / 1e6:.1f}"]
+                          for (label, _), count, size in zip(parts, counts, traffic)]))
+    network, preprocessing = counts[2], counts[0]
     print(f"\nnetwork and preprocessing alone: if time follows operator counts, the step runs at "
-          f"{network / (network + preprocessing):.0%} of the network alone")
+          f"{network / (network + preprocessing):.0%} of the network alone; in a CUDA graph, if time follows "
+          f"bytes moved, at {traffic[2] / (traffic[2] + traffic[1]):.0%}")
 
     model_only = sum(count_ops(model_only_iteration).values())
     batches = [(uint8_batch, targets, module.augment.draw(shape)) for _ in range(4)]

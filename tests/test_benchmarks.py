@@ -152,12 +152,26 @@ def test_epoch_time_versus_runs_a_second_config_and_prints_both_side_by_side() -
     assert [value != "-" for value in phases[PHASES[-1][0]]] == [True, False, True, False]
 
 
+def test_memory_traffic_counts_reads_and_writes_of_kernels_and_nothing_for_views() -> None:
+    from benchmarks.op_count import count_bytes
+
+    a, b, out = torch.rand(1000), torch.rand(1000), torch.empty(1000)
+    one = torch.rand(1)
+    assert count_bytes(lambda: a + b) == 3 * 4000
+    assert count_bytes(lambda: torch.add(a, b, out=out)) == 3 * 4000  # the out= buffer is written, not read
+    assert count_bytes(lambda: a.clamp_(0, 1)) == 2 * 4000  # in place: read and written
+    assert count_bytes(lambda: a * one.expand(1000)) == 4000 + 4 + 4000  # a broadcast input's one element
+    assert count_bytes(lambda: a.view(10, 100).t().unsqueeze(0)) == 0
+    assert count_bytes(lambda: torch._foreach_mul_([a, b], 2.0)) == 4 * 4000  # a returned-nothing in-place op
+
+
 def test_op_count_reports_the_network_and_each_device_augmentation() -> None:
     output = run_script("benchmarks.op_count", "--batch-size", "2", "--image-size", "32")
     cells = {row[0].strip(): int(row[1]) for row in table_rows(output) if row[1].isdigit()}  # both tables
     network = cells["network: forward + backward (training)"]
-    preprocessing = cells["preprocessing: uint8 -> float, device augmentations (parameters from the workers), "
-                          "Normalize"]
+    preprocessing_label = ("preprocessing: uint8 -> float, device augmentations (parameters from the workers), "
+                           "Normalize")
+    preprocessing = cells[preprocessing_label]
     assert network > cells["network: forward (validation)"] > 0
     parts = {name: value for name, value in cells.items() if name.startswith("of which") and "applying" in name}
     # the flip folds into the affine warp; conversion and Normalize are the rest
@@ -168,6 +182,13 @@ def test_op_count_reports_the_network_and_each_device_augmentation() -> None:
     assert cells["for comparison: preprocessing drawing the parameters on the device"] > preprocessing
     share = int(re.search(r"runs at (\d+)% of the network alone", output).group(1))
     assert share == round(100 * network / (network + preprocessing))
+    megabytes = {row[0].strip(): float(row[2]) for row in table_rows(output) if len(row) == 3 and row[1].isdigit()}
+    recorded = megabytes["the same as a CUDA graph records it (channels mixed by multiply-adds)"]
+    assert megabytes["network: forward + backward (training)"] > megabytes["network: forward (validation)"] > recorded
+    assert recorded > 0 and megabytes[preprocessing_label] > 0
+    graph_share = int(re.search(r"if time follows bytes moved, at (\d+)%", output).group(1))
+    network_mb = megabytes["network: forward + backward (training)"]
+    assert abs(graph_share - 100 * network_mb / (network_mb + recorded)) <= 1  # the table's MB are rounded
     # A whole Lightning iteration holds the model-only loop's operators plus the preprocessing and the metrics.
     model_only = cells["model-only loop: forward, loss, backward, optimizer step"]
     full = cells["Lightning's Trainer with NetModule (the full pipeline's main process)"]
