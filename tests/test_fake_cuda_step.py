@@ -29,7 +29,7 @@ EVERY_OP = {"RandomVerticalFlip": {"p": 0.5}, "RandomRotation": {"degrees": 30},
 
 
 @pytest.fixture()
-def fake_cuda(monkeypatch):
+def fake_cuda():
     """A FakeTensorMode that makes CUDA tensors without CUDA. The small constants the device ops keep per device
     are forgotten afterwards: a fake one must not reach a real step on a machine with a GPU."""
     datasets.device_ops._cached_constant.cache_clear()
