@@ -73,17 +73,19 @@ class EpochPrinter(threading.Thread):
     def __init__(self, output_path: Path) -> None:
         super().__init__(daemon=True)
         self.output_path = output_path
+        # A --versus run writes beside the first one: only this run's file is new.
+        self.earlier = set(output_path.glob("*/metrics.csv"))
         self.done = threading.Event()
 
     def run(self) -> None:
-        printed = 0  # lines of metrics.csv, its header included
+        printed: dict[Path, int] = {}  # lines of each new metrics.csv printed, its header included
         while True:
             finished = self.done.wait(1.0)  # one more look after the run has ended
-            for path in self.output_path.glob("*/metrics.csv"):
+            for path in set(self.output_path.glob("*/metrics.csv")) - self.earlier:
                 lines = path.read_text().splitlines()
-                for line in lines[printed:]:
+                for line in lines[printed.get(path, 0):]:
                     print(f"  metrics.csv: {line}", flush=True)
-                printed = max(printed, len(lines))
+                printed[path] = max(printed.get(path, 0), len(lines))
             if finished:
                 return
 

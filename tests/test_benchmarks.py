@@ -152,6 +152,21 @@ def test_epoch_time_versus_runs_a_second_config_and_prints_both_side_by_side() -
     assert [value != "-" for value in phases[PHASES[-1][0]]] == [True, False, True, False]
 
 
+def test_epoch_printer_prints_only_its_own_runs_metrics(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A --versus run writes its metrics.csv beside the first run's: the printer must not echo the first one."""
+    from benchmarks.epoch_time import EpochPrinter
+
+    (tmp_path / "first").mkdir()
+    (tmp_path / "first" / "metrics.csv").write_text("epoch,epoch_time_s\n0,9.5\n1,9.25\n")
+    printer = EpochPrinter(tmp_path)
+    printer.start()
+    (tmp_path / "second").mkdir()
+    (tmp_path / "second" / "metrics.csv").write_text("epoch,epoch_time_s\n0,1.5\n")
+    printer.done.set()
+    printer.join()
+    assert capsys.readouterr().out.splitlines() == ["  metrics.csv: epoch,epoch_time_s", "  metrics.csv: 0,1.5"]
+
+
 def test_memory_traffic_counts_reads_and_writes_of_kernels_and_nothing_for_views() -> None:
     from benchmarks.op_count import count_bytes
 
