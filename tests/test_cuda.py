@@ -137,10 +137,17 @@ def test_compiled_steps_under_cuda_graphs_compute_what_eager_ones_do() -> None:
 
 def test_graphed_training_steps_give_eager_losses_gradients_and_statistics() -> None:
     """`cuda_graphs: true`: a training step's preprocessing (with device augmentations from drawn parameters),
-    forward, loss and backward replayed as one graph must give what eager steps give on batches A, B, A, B (a
-    replay that read a stale input or wrote over a live output would not), and leave batch norm's running
-    statistics where eager steps leave them (the graph's warm-up and recorded passes are undone). The last, smaller
-    batch runs eagerly. TF32 off, dropout off, weights fixed."""
+    forward, loss and backward replayed as one graph must give what eager steps give on batches A, B, A, B, and
+    leave batch norm's running statistics where eager steps leave them (the graph's warm-up and recorded passes are
+    undone). The last, smaller batch runs eagerly. TF32 off, dropout off, weights fixed.
+
+    A replay that read a stale input or wrote over a live output would change a repeat's loss or gradients by their
+    whole size, so repeats must match the same batch's first replay closely. Against eager steps the gradients'
+    bound is loose: the recorded preprocessing mixes colours with multiply-adds where eager steps run a matrix
+    product (pixels within 1e-6), and a freshly initialised GhostNet's float32 gradients at this size jump at that
+    scale (on a CPU, 1e-6 of noise added to the input moved them by up to 1.1 %, and float32 differed from float64
+    by up to 0.6 %, over 6 draws; this test run there with the capture's multiply-adds stood in found 0.2 to 1.0 %).
+    On an H100 (2026-11-26) the second step's differed by 0.12 %, over the 0.1 % this test first allowed."""
     config = validate({"image_size": [64, 64], "dropout": 0.0, "gpu_augmentations": True})
     names = [str(i) for i in range(10)]
     generator = torch.Generator(device="cuda").manual_seed(0)
@@ -155,8 +162,13 @@ def test_graphed_training_steps_give_eager_losses_gradients_and_statistics() -> 
     assert graphed._graphed_step.graph is not None
     assert [tuple(tensor.shape) for tensor in graphed._graphed_step.inputs] == [(8, 3, 64, 64), tuple(a[2].shape)]
     assert steps["eager"][0][0] != steps["eager"][1][0]  # the two batches differ
-    for index, ((loss, grad), (graphed_loss, graphed_grad)) in enumerate(zip(steps["eager"], steps["graphed"])):
+    graphed_steps = steps["graphed"]
+    for index in (2, 3):  # replays of batches A and B again
+        (loss, grad), (first_loss, first_grad) = graphed_steps[index], graphed_steps[index - 2]
+        assert loss == pytest.approx(first_loss, rel=1e-5), f"step {index}"
+        assert (grad - first_grad).norm() <= 1e-4 * first_grad.norm(), f"step {index}"
+    for index, ((loss, grad), (graphed_loss, graphed_grad)) in enumerate(zip(steps["eager"], graphed_steps)):
         assert graphed_loss == pytest.approx(loss, rel=1e-4), f"step {index}"
-        assert (graphed_grad - grad).norm() <= 1e-3 * grad.norm(), f"step {index}"
+        assert (graphed_grad - grad).norm() <= 0.05 * grad.norm(), f"step {index}"
     for (name, buffer), graphed_buffer in zip(eager.net.named_buffers(), graphed.net.buffers()):
         torch.testing.assert_close(graphed_buffer, buffer, rtol=1e-4, atol=1e-5, msg=name)
