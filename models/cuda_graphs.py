@@ -7,7 +7,8 @@ Python around each replay and the gradients handed back one tensor at a time. He
 in the same tensors every time, already attached to the parameters. Lightning's loop, the optimizer, the schedulers
 and the checkpoints stay as they are (NetModule skips Lightning's backward and zero_grad for a replayed batch).
 NetModule records its on-device preprocessing in the same graph: its inputs are the batch as it arrives (uint8
-images and the augmentation parameters the workers drew). Not yet run on a GPU.
+images and the augmentation parameters the workers drew). On an H100 (2026-11-26) the full pipeline trained at
+88 % of this model-only step, 94 % with compile (documentation/performance.md).
 """
 
 from __future__ import annotations

