@@ -267,7 +267,9 @@ def prepare_dataset(raw_dir: Path, data_dir: Path, force: bool = False, full_che
     start = time.perf_counter()
     raw_dir, data_dir = Path(raw_dir), Path(data_dir)
     layout = detect_layout(raw_dir)
-    log.info("raw data in %s: %s %s", raw_dir, layout.name, "folders" if layout.name == BY_CLASS else "release")
+    log.info("raw data in %s: %s %s (images: %s; labels: %s)", raw_dir, layout.name,
+             "folders" if layout.name == BY_CLASS else "release", ", ".join(map(str, layout.images.values())),
+             ", ".join(map(str, layout.annotations.values())) or "the class folders' names")
     tables = expected_tables(layout)
     if not force and is_complete(data_dir, tables):
         summary = _summary(layout.name, tables, time.perf_counter() - start, skipped=True)
