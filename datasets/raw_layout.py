@@ -18,6 +18,7 @@ import re
 import stat
 import tarfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -262,6 +263,23 @@ def _class_files(tree: Tree, split: str) -> list[tuple[str, str]] | None:
     return pairs or None
 
 
+def _by_class(tree: Tree) -> RawLayout | None:
+    """By-class folders `train/<class>/` and `test/<class>/`, at the top or inside other folders (3 at most)."""
+    prefix = f"{tree.base}/" if tree.base else ""
+    parents = sorted({posixpath.dirname(d[len(prefix):]) for d in tree.dirs
+                      if d.startswith(prefix) and posixpath.basename(d) == "train"}, key=lambda p: (p.count("/"), p))
+    for parent in parents:
+        if parent.count("/") >= 3:
+            break
+        splits = {split: posixpath.join(parent, split) for split in ("train", "test")}
+        files = {split: _class_files(tree, path) for split, path in splits.items()}
+        if files["train"] and files["test"]:
+            return RawLayout(BY_CLASS, {split: tree.images(path, "folder", by_class=True)
+                                        for split, path in splits.items()},
+                             {}, None, {split: found or [] for split, found in files.items()})
+    return None
+
+
 def _trees(raw: Path) -> list[Tree]:
     if raw.is_file():
         if raw.suffix.lower() != ".zip":
@@ -275,7 +293,7 @@ def _trees(raw: Path) -> list[Tree]:
     return [folder_tree(raw), *(zip_tree(z) for z in zips)]
 
 
-def _first(trees: list[Tree], find) -> object | None:
+def _first(trees: list[Tree], find: Callable[[Tree], object]) -> object | None:
     for tree in trees:
         found = find(tree)
         if found:
@@ -317,11 +335,10 @@ def detect_layout(raw_path: Path) -> RawLayout:
         return RawLayout(ORIGINAL, {"train": train, "test": test},
                          {"train": devkit["cars_train_annos.mat"], "test": devkit[WITHLABELS]},
                          devkit["cars_meta.mat"])
-    for tree in trees:
-        by_class = {split: _class_files(tree, split) for split in ("train", "test")}
-        if by_class["train"] and by_class["test"]:
-            return RawLayout(BY_CLASS, {split: tree.images(split, "folder", by_class=True) for split in by_class},
-                             {}, None, {split: files or [] for split, files in by_class.items()})
+    by_class = _first(trees, _by_class)
+    if by_class:
+        assert isinstance(by_class, RawLayout)
+        return by_class
     if annos and not car_ims and (train or test):
         # the Kaggle mirror that ships the updated release's cars_annos.mat beside the original release's images
         raise DataError(f"{annos} (updated release) names its images car_ims/000001.jpg ..., but there is no "

@@ -117,6 +117,17 @@ def test_class_folders_match_the_real_names_even_where_a_slash_became_a_dash():
     assert class_ids_from_folders(["AM General Hummer SUV 2000", "my own class"]) is None
 
 
+def test_by_class_folders_inside_other_folders_beside_other_files_are_found(raw, tmp_path):
+    extracted = copy_raw(raw, "by-class", tmp_path)
+    unzip_all(extracted)
+    (extracted / "car_data" / "car_data").mkdir(parents=True)
+    for split in ("train", "test"):
+        (extracted / split).rename(extracted / "car_data" / "car_data" / split)
+    (extracted / "names.csv").write_text("AM General Hummer SUV 2000\n")
+    summary = prepare_dataset(extracted, tmp_path / "data")
+    assert (summary.layout, summary.train_images, summary.test_images) == ("by-class", 9, 6)
+
+
 def test_other_class_folders_are_numbered_in_name_order(raw, tmp_path, caplog):
     extracted = copy_raw(raw, "by-class", tmp_path)
     unzip_all(extracted)
