@@ -144,7 +144,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("normalization_params_grayscale", "preprocessing", {"mean": [0.4627], "std": [0.2545]}, NORM,
         "Mean/std used when `convert_to_grayscale` is true (1 value each)."),
     # Augmentations
-    Key("crop_to_bboxes", "augmentations", False, BOOL, "Crop training images to their bounding boxes."),
+    Key("crop_to_bboxes", "augmentations", False, BOOL, "Crop training images to their bounding boxes (data prepared from by-class folders has none: training then stops with one line)."),
     Key("erase_background", "augmentations", False, BOOL,
         "Paste the bbox crop centred on a white canvas of the original size (only with `crop_to_bboxes`)."),
     Key("augment_images", "augmentations", True, BOOL, "Apply `image_augmentations` to training images."),
