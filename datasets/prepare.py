@@ -1,4 +1,5 @@
-"""Raw Stanford Cars downloads (either release, or by-class folders) -> `train/`, `test/`, `train_labels.csv`, `test_labels.csv`.
+"""Raw Stanford Cars downloads (either release, or by-class folders; folders or zips) -> `train/`, `test/`,
+`train_labels.csv`, `test_labels.csv`.
 
 The label CSVs are written last, each through a temporary file and a rename: a data folder holding both is
 complete, one without them is not (an interrupted run is simply run again). A complete folder is left alone
@@ -284,7 +285,7 @@ def prepare_dataset(raw_dir: Path, data_dir: Path, force: bool = False, full_che
     reports = {}
     for key, wanted in _wanted(layout, tables, data_dir).items():
         source = layout.images[key]
-        label = source.path.name
+        label = source.member.rsplit("/", 1)[-1] if source.member else source.path.name
         reports[key] = (extract_images(source, wanted, data_dir, label, full_check), wanted)
     _check_reports(reports, layout)
     for split in SPLITS:

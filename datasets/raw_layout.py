@@ -50,10 +50,6 @@ class ImageSource:
     member: str = ""
     by_class: bool = False
 
-    @property
-    def is_archive(self) -> bool:
-        return self.kind != "folder"
-
     def __str__(self) -> str:
         return f"{self.path}:{self.member}" if self.member else str(self.path)
 
