@@ -3,9 +3,9 @@ and where each part is.
 
 The raw path may be a folder or a `.zip` as Kaggle serves it; the `.zip` files inside a raw folder are read too
 (one mirror's images and another's annotations may come as two zips). Each part may be an archive (`.tgz`) or its
-extracted folder, including the Kaggle mirrors' nesting `cars_train/cars_train/`; a zip or folder that only wraps one
-folder (`stanford_cars/`) is looked into. Zips are only listed here (their central directory); images are read
-later, member by member, by `datasets.image_extraction`.
+extracted folder, including the Kaggle mirrors' nesting `cars_train/cars_train/`; a wrapper folder inside a zip or
+folder (`stanford_cars/`, even beside other files) is looked into. Zips are only listed here (their central
+directory); images are read later, member by member, by `datasets.image_extraction`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ WITHLABELS = "cars_test_annos_withlabels.mat"
 DEVKIT_FILES = ("cars_meta.mat", "cars_train_annos.mat", WITHLABELS)
 DEVKIT_DIRS = ("devkit", "car_devkit/devkit", "car_devkit")
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
+MARKERS = {"car_ims", "car_ims.tgz", "cars_annos.mat", "cars_train", "cars_train.tgz", "cars_test", "cars_test.tgz",
+           "devkit", "car_devkit", "car_devkit.tgz", WITHLABELS}
 WALK_DEPTH = 6  # folders deep enough for car_data/car_data/train/<class>/x.jpg, shallow enough for a home folder
 # the name a browser or Kaggle gives a second download of a file: "x (1).mat"
 COPY_SUFFIX = re.compile(r" ?\(\d+\)")
@@ -98,11 +100,11 @@ class Tree:
             while folder:
                 folder = posixpath.dirname(folder)
                 self.dirs.add(folder)
-        self.base = ""
-        for _ in range(3):  # look into wrapper folders: a zip holding stanford_cars/ and nothing else
-            if self.files_in(self.base) or len(self.subdirs(self.base)) != 1:
-                break
-            self.base = self.rel(self.subdirs(self.base)[0])
+        # the shallowest folder (3 deep at most) holding a part of a release: a zip's wrapper folder
+        # (stanford_cars/), whatever else lies beside it
+        holders = sorted((d for d in self.dirs if d.count("/") < 3 and (
+            MARKERS & set(self.files_in(d)) or MARKERS & set(self.subdirs(d)))), key=lambda d: (d.count("/"), d))
+        self.base = "" if not holders or "" in holders else holders[0]
 
     def rel(self, name: str) -> str:
         return posixpath.join(self.base, name) if self.base else name

@@ -84,6 +84,13 @@ def test_each_mirror_prepares_from_its_zips_in_the_raw_folder_or_extracted(raw, 
             labels_csv(tmp_path / "from_zip", split).read_text()
 
 
+def test_a_wrapper_folder_beside_other_files_in_the_zip_is_looked_into(raw, tmp_path):
+    zipped = copy_raw(raw, "torchvision", tmp_path) / "torchvision-stanford-cars.zip"
+    rewrite_zip(zipped, lambda members: [(zipfile.ZipInfo("README.md"), b"a mirror's notes"), *members])
+    summary = prepare_dataset(zipped, tmp_path / "data")
+    assert (summary.layout, summary.train_images, summary.test_images) == ("original", 9, 6)
+
+
 def test_by_class_folders_give_class_names_from_folders_and_empty_boxes(raw, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="cars"):
         summary = prepare_dataset(raw["by-class"] / "stanford-cars-by-classes-folder.zip", tmp_path / "data")
