@@ -128,7 +128,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("description", "logging", "", STR, "Free-text description of the run, given to every tracker."),
     # Paths
     Key("stanford_raw_data_path", "paths", "<path to the folder containing the raw Stanford Cars downloads>", PATH,
-        "Folder with the raw downloads (either release; see documentation/dataset.md)."),
+        "Folder with the raw downloads, or a Kaggle mirror's `.zip` (see documentation/dataset.md)."),
     Key("stanford_data_path", "paths", "input/stanford", PATH,
         "Prepared data: `train/`, `test/`, `train_labels.csv`, `test_labels.csv`."),
     Key("output_path", "paths", "output", PATH, "Run folders `<output_path>/<run_name>/` are created here."),
