@@ -1,4 +1,5 @@
-"""Prepare Stanford Cars for training: raw downloads (either release) -> train/, test/ and the label CSVs.
+"""Prepare Stanford Cars for training: raw downloads (either release, or a Kaggle mirror's zip) -> train/, test/ and
+the label CSVs.
 
 Also writes a small synthetic raw download (--make-synthetic DIR) for tests and demos without the real data.
 See documentation/dataset.md.
@@ -21,11 +22,12 @@ log = logging.getLogger("cars")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--config", default=None,
                         help="config file (default: config.yml, else config_template.yml)")
     parser.add_argument("--raw-data-path", default=None,
-                        help="folder of the raw downloads (default: stanford_raw_data_path of the config)")
+                        help="folder of the raw downloads, or a Kaggle mirror's .zip (default: "
+                             "stanford_raw_data_path of the config)")
     parser.add_argument("--data-path", default=None,
                         help="folder to prepare (default: stanford_data_path of the config)")
     parser.add_argument("--force", action="store_true",
@@ -38,7 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     synthetic = parser.add_argument_group("synthetic data")
     synthetic.add_argument("--make-synthetic", metavar="DIR", default=None,
                            help="write a synthetic raw download into DIR instead of preparing data")
-    synthetic.add_argument("--layout", choices=LAYOUTS, default="updated", help="release to imitate (default: updated)")
+    synthetic.add_argument("--layout", choices=LAYOUTS, default="updated",
+                           help="release, or Kaggle mirror's zip, to imitate (default: updated)")
     synthetic.add_argument("--classes", type=int, default=10, help="number of classes (default: 10)")
     synthetic.add_argument("--train-per-class", type=int, default=6, help="train images per class (default: 6)")
     synthetic.add_argument("--test-per-class", type=int, default=4, help="test images per class (default: 4)")
@@ -70,7 +73,7 @@ def _make_synthetic(args: argparse.Namespace) -> None:
     out = make_synthetic(Path(args.make_synthetic).expanduser(), layout=args.layout, classes=args.classes,
                          train_per_class=args.train_per_class, test_per_class=args.test_per_class, seed=args.seed,
                          min_size=args.min_size, max_size=args.max_size, overwrite=args.force)
-    log.info("wrote a synthetic %s-release download of %d classes to %s", args.layout, args.classes, out)
+    log.info("wrote a synthetic %s download of %d classes to %s", args.layout, args.classes, out)
 
 
 def _path(flag_value: str | None, config: dict, key: str, flag: str, meaning: str) -> Path:

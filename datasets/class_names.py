@@ -198,3 +198,19 @@ STANFORD_CARS_CLASS_NAMES: tuple[str, ...] = (
     'Volvo XC90 SUV 2007',
     'smart fortwo Convertible 2012',
 )
+
+
+def _folder_key(name: str) -> str:
+    """Letters and digits only, lower case: 'Ram C/V Cargo Van Minivan 2012' and a folder named 'Ram C-V Cargo Van
+    Minivan 2012' (a '/' cannot be in a folder name) meet; the 196 names stay distinct."""
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
+def class_ids_from_folders(folders: list[str]) -> dict[str, tuple[int, str]] | None:
+    """Folder name -> (class id, class name) when every folder names a Stanford Cars class (ids as in the devkit);
+    None when some folder does not."""
+    by_key = {_folder_key(name): (i, name) for i, name in enumerate(STANFORD_CARS_CLASS_NAMES, 1)}
+    found = {folder: by_key.get(_folder_key(folder)) for folder in folders}
+    if any(v is None for v in found.values()) or len({v for v in found.values()}) != len(found):
+        return None
+    return {folder: value for folder, value in found.items() if value is not None}

@@ -1,4 +1,5 @@
-"""Copy the annotated images out of one archive (a single streaming pass) or one extracted folder, checking each.
+"""Copy the annotated images out of one archive (a single streaming pass over a `.tgz`, or over one folder's members
+of a `.zip`, in the order they are stored) or one extracted folder, checking each.
 
 Only members whose base name is annotated are written, each to a path this module builds itself
 (`<split folder>/<base name>`), so nothing can land outside the data folder; members with absolute paths, `..`,
@@ -15,9 +16,11 @@ import os
 import posixpath
 import tarfile
 import threading
+import zipfile
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -143,11 +146,17 @@ def _archive_members(source: ImageSource, destination: Path) -> Iterator[tuple[s
 
     The archive is read as a stream (`r|`) through `gzip.GzipFile` rather than tarfile's own `r|gz`, because
     GzipFile checks the CRC-32 and length at the end of the stream: a damaged download fails even where the damage
-    would still decode.
+    would still decode. A `.tgz` inside a zip is streamed from the zip the same way.
     """
     try:
-        with gzip.GzipFile(source.path, "rb") as unzipped, \
-                tarfile.open(fileobj=unzipped, mode="r|", bufsize=READ_BUFFER) as archive:
+        with ExitStack() as stack:
+            if source.member:
+                zipped = stack.enter_context(zipfile.ZipFile(source.path))
+                raw = stack.enter_context(zipped.open(source.member))
+            else:
+                raw = stack.enter_context(open(source.path, "rb"))
+            unzipped = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
+            archive = stack.enter_context(tarfile.open(fileobj=unzipped, mode="r|", bufsize=READ_BUFFER))
             for member in archive:
                 _refuse_unsafe(member, source.path, destination)
                 if not member.isfile():
@@ -155,17 +164,36 @@ def _archive_members(source: ImageSource, destination: Path) -> Iterator[tuple[s
                 base = posixpath.basename(member.name)
                 handle = archive.extractfile(member)
                 yield member.name, base, handle.read() if handle is not None else None
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile) as error:
+        raise DataError(f"{source} is truncated or damaged ({type(error).__name__}: {error}); "
+                        "download it again") from None
+
+
+def _zip_members(source: ImageSource) -> Iterator[tuple[str, str, bytes | None]]:
+    """(member name, base name, bytes) of the files in one folder of a zip (one folder deeper for by-class
+    sources), in the order they are stored, each read once (zipfile checks each member's CRC-32)."""
+    prefix = source.member.rstrip("/") + "/"
+    depth = 1 if source.by_class else 0
+    try:
+        with zipfile.ZipFile(source.path) as archive:
+            infos = [i for i in archive.infolist() if i.filename.startswith(prefix) and not i.is_dir()
+                     and i.filename[len(prefix):].count("/") == depth]
+            for info in sorted(infos, key=lambda i: i.header_offset):
+                yield info.filename, posixpath.basename(info.filename), archive.read(info)
+    except (zipfile.BadZipFile, EOFError, zlib.error) as error:
         raise DataError(f"{source.path} is truncated or damaged ({type(error).__name__}: {error}); "
                         "download it again") from None
 
 
 def _folder_members(source: ImageSource) -> Iterator[tuple[str, str, bytes | None]]:
-    """(path, base name, bytes) of the files of an extracted folder, in name order."""
-    with os.scandir(source.path) as entries:
-        files = sorted(entry.name for entry in entries if entry.is_file())
-    for name in files:
-        yield str(source.path / name), name, None
+    """(path, base name, None) of the files of an extracted folder (of its class folders when by-class), in name
+    order; the bytes are read when the image is wanted."""
+    folders = sorted(p for p in source.path.iterdir() if p.is_dir()) if source.by_class else [source.path]
+    for folder in folders:
+        with os.scandir(folder) as entries:
+            files = sorted(entry.name for entry in entries if entry.is_file())
+        for name in files:
+            yield str(folder / name), name, None
 
 
 def extract_images(source: ImageSource, wanted: dict[str, Path], destination: Path, label: str,
@@ -176,7 +204,10 @@ def extract_images(source: ImageSource, wanted: dict[str, Path], destination: Pa
     Everything is read once, in order; the report lists what was unannotated, duplicated or undecodable.
     """
     report = ExtractionReport()
-    members = _archive_members(source, destination) if source.is_archive else _folder_members(source)
+    if source.kind == "tgz":
+        members = _archive_members(source, destination)
+    else:
+        members = _zip_members(source) if source.kind == "zip" else _folder_members(source)
     with tqdm(total=len(wanted), desc=label, unit="img", disable=None) as progress:
         writer = _CheckedWriter(report, progress, full_check)
         try:

@@ -1,4 +1,5 @@
-"""Raw Stanford Cars downloads (either release) -> `train/`, `test/`, `train_labels.csv`, `test_labels.csv`.
+"""Raw Stanford Cars downloads (either release, or by-class folders; folders or zips) -> `train/`, `test/`,
+`train_labels.csv`, `test_labels.csv`.
 
 The label CSVs are written last, each through a temporary file and a rename: a data folder holding both is
 complete, one without them is not (an interrupted run is simply run again). A complete folder is left alone
@@ -16,8 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 from datasets import mat_annotations as mat
+from datasets.class_names import class_ids_from_folders
 from datasets.image_extraction import ExtractionReport, extract_images
-from datasets.raw_layout import ORIGINAL, UPDATED, RawLayout, detect_layout
+from datasets.raw_layout import BY_CLASS, ORIGINAL, UPDATED, RawLayout, detect_layout
 from utils.errors import DataError
 from utils.files import write_text_atomic
 
@@ -61,8 +63,39 @@ def _class_names(layout: RawLayout, annos_mat: dict | None) -> list[str]:
     return mat.class_names_from(annos_mat, str(layout.annotations["annos"]))
 
 
+def _by_class_frames(layout: RawLayout) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """Per split: image_fname, class, empty bboxes, class_name from the class folders; plus the class names.
+
+    Folders that all name Stanford Cars classes keep the devkit's class ids and names; other folder sets are
+    numbered 1..K in name order under their own names.
+    """
+    folders = sorted({folder for files in layout.class_files.values() for folder, _ in files})
+    known = class_ids_from_folders(folders)
+    if known is None:
+        log.warning("the class folders of %s are not all Stanford Cars class names: numbering %d classes 1..%d in "
+                    "name order", layout.images["train"], len(folders), len(folders))
+        known = {folder: (i, folder) for i, folder in enumerate(folders, 1)}
+    frames = {}
+    for split, files in layout.class_files.items():
+        frame = pd.DataFrame({"image_fname": [name for _, name in files],
+                              "class": [known[folder][0] for folder, _ in files],
+                              "class_name": [known[folder][1] for folder, _ in files]})
+        names = frame["image_fname"]
+        twice = sorted(set(names[names.duplicated()]))
+        if twice:
+            raise DataError(f"{layout.images[split]}: the same file name in several class folders (the prepared "
+                            f"split folder cannot hold both): {_listing(twice)}")
+        for column in mat.BBOX_COLUMNS:
+            frame[column] = pd.array([pd.NA] * len(frame), dtype="Int64")  # these mirrors have no boxes
+        frames[split] = frame
+    names_by_id = dict(known.values())
+    return frames, [names_by_id.get(i, f"class {i}") for i in range(1, max(names_by_id) + 1)]
+
+
 def _annotation_frames(layout: RawLayout) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """Per split: image_fname (base name), class, bboxes; plus the class names."""
+    if layout.name == BY_CLASS:
+        return _by_class_frames(layout)
     if layout.name == UPDATED:
         source = layout.annotations["annos"]
         annos_mat = mat.load_mat(source.read_bytes(), str(source))
@@ -85,7 +118,8 @@ def expected_tables(layout: RawLayout) -> dict[str, pd.DataFrame]:
     frames, names = _annotation_frames(layout)
     tables = {}
     for split, frame in frames.items():
-        source = layout.annotations["annos" if layout.name == UPDATED else split]
+        source = layout.annotations["annos" if layout.name == UPDATED else split] if layout.annotations \
+            else layout.images[split]
         unsafe = [n for n in frame["image_fname"] if not SAFE_NAME.fullmatch(n)]
         if unsafe:
             raise DataError(f"{source}: image names must be plain file names; not so: {_listing(unsafe)}")
@@ -94,8 +128,9 @@ def expected_tables(layout: RawLayout) -> dict[str, pd.DataFrame]:
             found = [f"{row.image_fname} (class {row['class']})" for _, row in outside.iterrows()]
             raise DataError(f"{source}: class ids must be 1..{len(names)} (the class names of "
                             f"{layout.meta or source}); outside it: {_listing(found)}")
-        bad_box = frame[(frame["bbox_x1"] < 1) | (frame["bbox_y1"] < 1) | (frame["bbox_x2"] < frame["bbox_x1"])
-                        | (frame["bbox_y2"] < frame["bbox_y1"])]
+        bad_box = frame.dropna(subset=mat.BBOX_COLUMNS)
+        bad_box = bad_box[(bad_box["bbox_x1"] < 1) | (bad_box["bbox_y1"] < 1)
+                          | (bad_box["bbox_x2"] < bad_box["bbox_x1"]) | (bad_box["bbox_y2"] < bad_box["bbox_y1"])]
         if len(bad_box):
             found = [f"{row.image_fname} ({row.bbox_x1}, {row.bbox_y1}, {row.bbox_x2}, {row.bbox_y2})"
                      for row in bad_box.itertuples()]
@@ -178,7 +213,7 @@ def _wanted(layout: RawLayout, tables: dict[str, pd.DataFrame], data_dir: Path) 
     def targets(split: str) -> dict[str, Path]:
         return {name: data_dir / split / name for name in tables[split]["image_fname"]}
 
-    if layout.name == ORIGINAL:
+    if layout.name in (ORIGINAL, BY_CLASS):
         return {split: targets(split) for split in SPLITS}
     return {"all": {**targets("train"), **targets("test")}}
 
@@ -210,8 +245,9 @@ def _summary(layout: str, tables: dict[str, pd.DataFrame], seconds: float, skipp
 
 
 def _log_summary(summary: PrepareSummary, data_dir: Path) -> None:
+    kind = "by-class folders, no bounding boxes" if summary.layout == BY_CLASS else f"{summary.layout} release"
     counts = (f"{summary.train_images} train and {summary.test_images} test images of {summary.classes} classes "
-              f"({summary.layout} release)")
+              f"({kind})")
     if summary.skipped_because_complete:
         log.info("%s is already complete: %s; nothing to do (checked in %.1f s; use --force to prepare it again)",
                  data_dir, counts, summary.seconds)
@@ -232,7 +268,9 @@ def prepare_dataset(raw_dir: Path, data_dir: Path, force: bool = False, full_che
     start = time.perf_counter()
     raw_dir, data_dir = Path(raw_dir), Path(data_dir)
     layout = detect_layout(raw_dir)
-    log.info("raw data in %s: %s release", raw_dir, layout.name)
+    log.info("raw data in %s: %s %s (images: %s; labels: %s)", raw_dir, layout.name,
+             "folders" if layout.name == BY_CLASS else "release", ", ".join(map(str, layout.images.values())),
+             ", ".join(map(str, layout.annotations.values())) or "the class folders' names")
     tables = expected_tables(layout)
     if not force and is_complete(data_dir, tables):
         summary = _summary(layout.name, tables, time.perf_counter() - start, skipped=True)
@@ -247,7 +285,7 @@ def prepare_dataset(raw_dir: Path, data_dir: Path, force: bool = False, full_che
     reports = {}
     for key, wanted in _wanted(layout, tables, data_dir).items():
         source = layout.images[key]
-        label = source.path.name
+        label = source.member.rsplit("/", 1)[-1] if source.member else source.path.name
         reports[key] = (extract_images(source, wanted, data_dir, label, full_check), wanted)
     _check_reports(reports, layout)
     for split in SPLITS:

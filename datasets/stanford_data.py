@@ -46,7 +46,16 @@ def read_labels(data_path: Path, split: str) -> pd.DataFrame:
     if not bad.empty:
         raise DataError(f"{csv_path}: column class must hold whole numbers >= 1 (1-based ids), found "
                         f"{bad.iloc[0]!r} in row {bad.index[0] + 2}")
+    if labels[BBOX_COLUMNS].isna().all(axis=None):
+        labels[BBOX_COLUMNS] = 0  # prepared from by-class folders, which have no boxes: see require_bboxes
     return labels
+
+
+def require_bboxes(labels: pd.DataFrame, csv_path: Path) -> None:
+    """crop_to_bboxes needs boxes; data prepared from by-class folders has none (all 0 after read_labels)."""
+    if (labels[BBOX_COLUMNS] == 0).all(axis=None):
+        raise DataError(f"crop_to_bboxes is true, but the prepared data has no bounding boxes ({csv_path} leaves "
+                        "them empty: it was prepared from by-class folders); set crop_to_bboxes: false")
 
 
 def check_folder_matches(labels: pd.DataFrame, image_dir: Path) -> None:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from datasets import image_cache
 from datasets.device_augment import DeviceAugmenter, DrawingCollate, device_augmentation_settings
-from datasets.stanford_data import BBOX_COLUMNS, StanfordCarsDataset, check_folder_matches, read_labels
+from datasets.stanford_data import BBOX_COLUMNS, StanfordCarsDataset, check_folder_matches, read_labels, require_bboxes
 from datasets.transforms import PrefixSettings, build_v2_pipeline
 
 log = logging.getLogger("cars")
@@ -50,6 +50,8 @@ class StanfordCarsDataModule(pl.LightningDataModule):
         self.labels = {split: read_labels(self.data_path, split) for split in ("train", "test")}
         for split, labels in self.labels.items():
             check_folder_matches(labels, self.data_path / split)
+        if config["crop_to_bboxes"]:
+            require_bboxes(self.labels["train"], self.data_path / "train_labels.csv")
         self.num_workers = config["num_workers"] if config["num_workers"] is not None else default_num_workers()
         size = tuple(config["image_size"])
         self.prefix = {

@@ -1,4 +1,4 @@
-"""A small synthetic Stanford Cars download, in the exact raw formats of either release.
+"""A small synthetic Stanford Cars download, in the exact raw formats of either release or of a Kaggle mirror's zip.
 
 The real data cannot be downloaded by tests (or by a demo without network), so this writes the same files the real
 releases hold: `.tgz` archives of JPEGs and MAT v5 files whose `scipy.io.loadmat` output has the real structure
@@ -10,6 +10,13 @@ the original one numbers `cars_train/00001.jpg`... and `cars_test/00001.jpg`... 
 Image content depends on the class through its luminance pattern inside the bbox (stripe orientation or
 checkerboard or rings, and stripe frequency), which survives flips, +-25 degree rotations, hue jitter and grayscale
 conversion, plus a class colour; backgrounds, bbox placement and phase are random.
+
+The mirror layouts write the zips as Kaggle serves them (see documentation/dataset.md, supported mirrors):
+`torchvision` (rickyyyyyyy/torchvision-stanford-cars: `stanford_cars/` with cars_train/, cars_test/, devkit/ and
+the test labels), `kaggle-nested` (jessicali9530/stanford-cars-dataset: `cars_annos.mat` of the updated release
+beside `cars_train/cars_train/` and `cars_test/cars_test/` images of the original one; plus
+abdelrahmant11/standford-cars-dataset-meta: `devkit/` and `cars_test_annos_withlabels (1).mat`) and `by-class`
+(cyizhuo/stanford-cars-by-classes-folder: `train/<class name>/*.jpg`, `test/<class name>/*.jpg`, no annotations).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import colorsys
 import io
 import os
 import tarfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +37,14 @@ from datasets.class_names import STANFORD_CARS_CLASS_NAMES
 from utils.errors import DataError
 from utils.files import write_bytes_atomic
 
-LAYOUTS = ("updated", "original")
+LAYOUTS = ("updated", "original", "torchvision", "kaggle-nested", "by-class")
 # Image sides in px: above 255, box coordinates are numbers MATLAB stores as uint16, as in the real files.
 MIN_SIZE, MAX_SIZE = 64, 320
 RAW_FILES = {"updated": ("car_devkit.tgz", "car_ims.tgz", "cars_annos.mat"),
-             "original": ("car_devkit.tgz", "cars_train.tgz", "cars_test.tgz", "cars_test_annos_withlabels.mat")}
+             "original": ("car_devkit.tgz", "cars_train.tgz", "cars_test.tgz", "cars_test_annos_withlabels.mat"),
+             "torchvision": ("torchvision-stanford-cars.zip",),
+             "kaggle-nested": ("stanford-cars-dataset.zip", "standford-cars-dataset-meta.zip"),
+             "by-class": ("stanford-cars-by-classes-folder.zip",)}
 MTIME = 1387000000  # December 2013, when the original devkit was published
 FREQUENCIES = (1.5, 4.0, 9.0)  # pattern periods across the bbox, far enough apart to survive bbox size jitter
 
@@ -167,8 +178,8 @@ def _original_order(images: list[SyntheticImage], test: bool, rng: np.random.Gen
     return [split[i] for i in rng.permutation(len(split))]
 
 
-def _write_devkit(out_dir: Path, train: list[SyntheticImage], test: list[SyntheticImage]) -> None:
-    """car_devkit.tgz: devkit/cars_meta.mat, cars_train_annos.mat, cars_test_annos.mat (no labels), README.txt."""
+def _devkit_files(train: list[SyntheticImage], test: list[SyntheticImage]) -> list[tuple[str, bytes]]:
+    """The devkit: cars_meta.mat, cars_train_annos.mat, cars_test_annos.mat (no labels), README.txt."""
     fields = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname"]
     train_rows = [{**_annotation_row(im), "fname": f"{i:05d}.jpg"} for i, im in enumerate(train, 1)]
     test_rows = [{**_annotation_row(im, with_class=False), "fname": f"{i:05d}.jpg"} for i, im in enumerate(test, 1)]
@@ -179,13 +190,70 @@ def _write_devkit(out_dir: Path, train: list[SyntheticImage], test: list[Synthet
         ("cars_test_annos.mat", _mat_bytes({"annotations": _struct_array(test_rows, [f for f in fields
                                                                                    if f != "class"])})),
     ]
-    _write_tgz(out_dir / "car_devkit.tgz", "devkit", files)
+    return files
+
+
+def _withlabels(test: list[SyntheticImage]) -> bytes:
+    fields = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname"]
+    rows = [{**_annotation_row(im), "fname": f"{i:05d}.jpg"} for i, im in enumerate(test, 1)]
+    return _mat_bytes({"annotations": _struct_array(rows, fields)})
+
+
+def _updated_files(images: list[SyntheticImage], order_rng: np.random.Generator
+                   ) -> tuple[list[tuple[str, SyntheticImage]], bytes]:
+    """The updated release: (car_ims name, image) listed by class, train and test mixed; and cars_annos.mat."""
+    mixed = [images[i] for i in order_rng.permutation(len(images))]
+    ordered = sorted(mixed, key=lambda im: im.class_id)
+    fields = ["relative_im_path", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "test"]
+    rows = [{**_annotation_row(im), "relative_im_path": f"car_ims/{i:06d}.jpg", "test": np.array([[im.test]])}
+            for i, im in enumerate(ordered, 1)]
+    annos = {"annotations": _struct_array(rows, fields), "class_names": _class_names_cell()}
+    return [(f"{i:06d}.jpg", im) for i, im in enumerate(ordered, 1)], _mat_bytes(annos)
+
+
+def _write_zip(path: Path, files: list[tuple[str, bytes]]) -> None:
+    """A deflated zip of `files` (member name, bytes), written under a temporary name and renamed."""
+    temporary = path.with_name(path.name + ".tmp")
+    with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name, data in files:
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2013, 12, 14, 0, 0, 0)), data)
+    os.replace(temporary, path)
+
+
+def class_folder(class_id: int) -> str:
+    """The by-class mirrors' folder of a class: its name, with the '/' a folder name cannot hold as '-'."""
+    return STANFORD_CARS_CLASS_NAMES[class_id - 1].replace("/", "-")
+
+
+def _write_mirror(out_dir: Path, layout: str, images: list[SyntheticImage], train: list[SyntheticImage],
+                  test: list[SyntheticImage], order_rng: np.random.Generator) -> None:
+    devkit = _devkit_files(train, test)
+    numbered = {split: [(f"{i:05d}.jpg", im.jpeg) for i, im in enumerate(group, 1)]
+                for split, group in (("cars_train", train), ("cars_test", test))}
+    car_ims, annos = _updated_files(images, order_rng)
+    if layout == "torchvision":
+        root = "stanford_cars"
+        files = [(f"{root}/{split}/{name}", data) for split, group in numbered.items() for name, data in group]
+        files += [(f"{root}/devkit/{name}", data) for name, data in devkit]
+        files.append((f"{root}/cars_test_annos_withlabels.mat", _withlabels(test)))
+        _write_zip(out_dir / "torchvision-stanford-cars.zip", files)
+    elif layout == "kaggle-nested":
+        files = [("cars_annos.mat", annos)]
+        files += [(f"{split}/{split}/{name}", data) for split, group in numbered.items() for name, data in group]
+        _write_zip(out_dir / "stanford-cars-dataset.zip", files)
+        meta = [(f"devkit/{name}", data) for name, data in devkit]
+        meta.append(("cars_test_annos_withlabels (1).mat", _withlabels(test)))
+        _write_zip(out_dir / "standford-cars-dataset-meta.zip", meta)
+    else:
+        files = [(f"{'test' if im.test else 'train'}/{class_folder(im.class_id)}/{name}", im.jpeg)
+                 for name, im in sorted(car_ims, key=lambda pair: (pair[1].test, pair[1].class_id, pair[0]))]
+        _write_zip(out_dir / "stanford-cars-by-classes-folder.zip", files)
 
 
 def make_synthetic(out_dir: Path, layout: str = "updated", classes: int = 10, train_per_class: int = 6,
                    test_per_class: int = 4, seed: int = 0, min_size: int = MIN_SIZE, max_size: int = MAX_SIZE,
                    distinct_per_class: int | None = None, overwrite: bool = False) -> Path:
-    """Write a synthetic raw download of `layout` ('updated' or 'original') into `out_dir`; return `out_dir`.
+    """Write a synthetic raw download of `layout` (one of LAYOUTS) into `out_dir`; return `out_dir`.
 
     Classes 1..`classes` of the real class list are used; `test_per_class` images of each class are test images.
     Image sides are drawn from `min_size`..`max_size`: above 255 px, boxes reach numbers that MATLAB stores as
@@ -214,24 +282,19 @@ def make_synthetic(out_dir: Path, layout: str = "updated", classes: int = 10, tr
     # both orders are drawn whatever the layout, so that both layouts of one seed hold the same images
     order_rng = np.random.default_rng([seed, 1])
     train, test = _original_order(images, False, order_rng), _original_order(images, True, order_rng)
-    _write_devkit(out_dir, train, test)
+    if layout not in ("updated", "original"):
+        _write_mirror(out_dir, layout, images, train, test, order_rng)
+        return out_dir
+    _write_tgz(out_dir / "car_devkit.tgz", "devkit", _devkit_files(train, test))
     if layout == "original":
-        fields = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname"]
-        rows = [{**_annotation_row(im), "fname": f"{i:05d}.jpg"} for i, im in enumerate(test, 1)]
         _write_tgz(out_dir / "cars_train.tgz", "cars_train", [(f"{i:05d}.jpg", im.jpeg) for i, im in
                                                                enumerate(train, 1)])
         _write_tgz(out_dir / "cars_test.tgz", "cars_test", [(f"{i:05d}.jpg", im.jpeg) for i, im in
                                                              enumerate(test, 1)])
-        write_bytes_atomic(out_dir / "cars_test_annos_withlabels.mat",
-                           _mat_bytes({"annotations": _struct_array(rows, fields)}))
+        write_bytes_atomic(out_dir / "cars_test_annos_withlabels.mat", _withlabels(test))
         return out_dir
     # the updated release lists images by class, train and test mixed
-    mixed = [images[i] for i in order_rng.permutation(len(images))]
-    ordered = sorted(mixed, key=lambda im: im.class_id)
-    fields = ["relative_im_path", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "test"]
-    rows = [{**_annotation_row(im), "relative_im_path": f"car_ims/{i:06d}.jpg", "test": np.array([[im.test]])}
-            for i, im in enumerate(ordered, 1)]
-    annos = {"annotations": _struct_array(rows, fields), "class_names": _class_names_cell()}
-    _write_tgz(out_dir / "car_ims.tgz", "car_ims", [(f"{i:06d}.jpg", im.jpeg) for i, im in enumerate(ordered, 1)])
-    write_bytes_atomic(out_dir / "cars_annos.mat", _mat_bytes(annos))
+    car_ims, annos = _updated_files(images, order_rng)
+    _write_tgz(out_dir / "car_ims.tgz", "car_ims", [(name, im.jpeg) for name, im in car_ims])
+    write_bytes_atomic(out_dir / "cars_annos.mat", annos)
     return out_dir

@@ -6,6 +6,7 @@ import hashlib
 import io
 import sys
 import tarfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,3 +79,22 @@ def broken_huffman_table(data: bytes) -> bytes:
     start = data.index(b"\xff\xc4") + 5  # marker, length (2 bytes), table class/id: then 16 counts
     counts = data[start:start + 16]
     return data[:start] + bytes([sum(counts)]) + bytes(15) + data[start + 16:]
+
+
+def unzip_all(raw: Path) -> None:
+    """Replace each `.zip` in `raw` by its contents, extracted into `raw` as `unzip` does."""
+    for archive in sorted(raw.glob("*.zip")):
+        with zipfile.ZipFile(archive) as zipped:
+            zipped.extractall(raw)
+        archive.unlink()
+
+
+def rewrite_zip(archive: Path, change: Callable[[list[tuple[zipfile.ZipInfo, bytes]]],
+                                                list[tuple[zipfile.ZipInfo, bytes]]]) -> None:
+    """Rewrite `archive` with its member list passed through `change`."""
+    with zipfile.ZipFile(archive) as zipped:
+        members = [(info, zipped.read(info)) for info in zipped.infolist()]
+    members = change(members)
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
+        for info, data in members:
+            zipped.writestr(info, data)

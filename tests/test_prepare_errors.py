@@ -222,14 +222,16 @@ def test_the_devkit_archive_is_read_once(original, tmp_path, monkeypatch):
     opened = []
     real_open = tarfile.open
 
-    def counting_open(name=None, *args, **kwargs):
-        opened.append(Path(name).name if name is not None else None)
-        return real_open(name, *args, **kwargs)
+    def counting_open(name=None, mode="r", *args, **kwargs):
+        opened.append(mode)
+        return real_open(name, mode, *args, **kwargs)
 
     monkeypatch.setattr(tarfile, "open", counting_open)
     prepare_dataset(original, tmp_path / "data")
-    assert opened.count("car_devkit.tgz") == 1, opened
+    assert opened.count("r:gz") == 1, opened  # the devkit; the image archives are streamed ("r|")
+    assert opened.count("r|") == 2, opened
 
 
 def test_a_raw_path_that_is_a_file_is_named(updated, tmp_path):
-    fails_with(updated / "car_ims.tgz", tmp_path / "data", "car_ims.tgz' is a file", "the folder that holds it")
+    fails_with(updated / "car_ims.tgz", tmp_path / "data", "car_ims.tgz' is a file but not a .zip",
+               "to the Kaggle .zip or to the folder that holds the downloads")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 import tarfile
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -202,3 +204,38 @@ def test_an_interrupted_generation_leaves_no_annotations_and_the_demo_redoes_it(
     monkeypatch.setattr(synthetic, "_write_tgz", real_write_tgz)
     prepare_demo(tmp_path / "demo")
     assert (tmp_path / "demo" / "stanford" / "train_labels.csv").is_file()
+
+
+def test_mirror_layouts_write_each_kaggle_mirrors_zips_and_member_names(tmp_path):
+    small = {"classes": 2, "train_per_class": 1, "test_per_class": 1, "max_size": 64}
+    devkit = ["README.txt", "cars_meta.mat", "cars_train_annos.mat", "cars_test_annos.mat"]
+    numbered = [f"{split}/{i:05d}.jpg" for split in ("cars_train", "cars_test") for i in (1, 2)]
+
+    def names(path: Path) -> list[str]:
+        with zipfile.ZipFile(path) as archive:
+            return sorted(archive.namelist())
+
+    out = make_synthetic(tmp_path / "torchvision", "torchvision", **small)
+    assert [p.name for p in out.iterdir()] == ["torchvision-stanford-cars.zip"]
+    assert names(out / "torchvision-stanford-cars.zip") == sorted(
+        [f"stanford_cars/{n}" for n in numbered] + [f"stanford_cars/devkit/{n}" for n in devkit]
+        + ["stanford_cars/cars_test_annos_withlabels.mat"])
+
+    out = make_synthetic(tmp_path / "nested", "kaggle-nested", **small)
+    assert sorted(p.name for p in out.iterdir()) == ["standford-cars-dataset-meta.zip", "stanford-cars-dataset.zip"]
+    assert names(out / "stanford-cars-dataset.zip") == sorted(
+        ["cars_annos.mat"] + [f"{n.split('/')[0]}/{n}" for n in numbered])
+    assert names(out / "standford-cars-dataset-meta.zip") == sorted(
+        [f"devkit/{n}" for n in devkit] + ["cars_test_annos_withlabels (1).mat"])
+    with zipfile.ZipFile(out / "stanford-cars-dataset.zip") as archive:
+        paths = [str(r["relative_im_path"][0]) for r in
+                 scipy.io.loadmat(io.BytesIO(archive.read("cars_annos.mat")))["annotations"].ravel()]
+    assert paths == [f"car_ims/{i:06d}.jpg" for i in range(1, 5)]  # names no file of this zip, as users report
+
+    out = make_synthetic(tmp_path / "by_class", "by-class", **small)
+    members = names(out / "stanford-cars-by-classes-folder.zip")
+    assert [m.rsplit("/", 1)[0] for m in members] == [
+        "test/AM General Hummer SUV 2000", "test/Acura RL Sedan 2012",
+        "train/AM General Hummer SUV 2000", "train/Acura RL Sedan 2012"]
+    assert all(re.fullmatch(r"\d{6}\.jpg", m.rsplit("/", 1)[1]) for m in members)
+    assert not any(m.endswith(".mat") for m in members)

@@ -128,7 +128,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("description", "logging", "", STR, "Free-text description of the run, given to every tracker."),
     # Paths
     Key("stanford_raw_data_path", "paths", "<path to the folder containing the raw Stanford Cars downloads>", PATH,
-        "Folder with the raw downloads (either release; see documentation/dataset.md)."),
+        "Folder with the raw downloads, or a Kaggle mirror's `.zip` (see documentation/dataset.md)."),
     Key("stanford_data_path", "paths", "input/stanford", PATH,
         "Prepared data: `train/`, `test/`, `train_labels.csv`, `test_labels.csv`."),
     Key("output_path", "paths", "output", PATH, "Run folders `<output_path>/<run_name>/` are created here."),
@@ -144,7 +144,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("normalization_params_grayscale", "preprocessing", {"mean": [0.4627], "std": [0.2545]}, NORM,
         "Mean/std used when `convert_to_grayscale` is true (1 value each)."),
     # Augmentations
-    Key("crop_to_bboxes", "augmentations", False, BOOL, "Crop training images to their bounding boxes."),
+    Key("crop_to_bboxes", "augmentations", False, BOOL, "Crop training images to their bounding boxes (data prepared from by-class folders has none: training then stops with one line)."),
     Key("erase_background", "augmentations", False, BOOL,
         "Paste the bbox crop centred on a white canvas of the original size (only with `crop_to_bboxes`)."),
     Key("augment_images", "augmentations", True, BOOL, "Apply `image_augmentations` to training images."),
