@@ -120,6 +120,12 @@ def test_drawn_values_become_the_trial_config_with_lists_and_grouped_settings(tm
         "gamma": 0.1, "milestones": [40, 70]}
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "sweeps").glob("*.yml")), ids=lambda p: p.name)
+def test_the_example_spaces_load_against_the_template(path: Path) -> None:
+    space = load_space(path, load_config(str(ROOT / "config_template.yml")))
+    assert space.params and space.metric == "valid_acc"
+
+
 def test_a_trial_trains_on_one_device(tmp_path: Path) -> None:
     assert one_device(base_config(tmp_path))["devices"] == 1
     with pytest.raises(ConfigError, match="one worker per GPU"):
@@ -140,7 +146,7 @@ def test_a_storage_without_a_scheme_is_a_journal_file_and_a_bad_url_is_one_line(
 def small_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess]:
     """A study of two one-epoch trials, run by the real command."""
     folder = tmp_path_factory.mktemp("sweep")
-    data = write_prepared(folder / "stanford")
+    data = write_prepared(folder / "stanford", classes=2, train_per_class=3, test_per_class=1)
     config = tiny_config(folder, data, num_epochs=1)
     space = write_space(folder / "ghost.yml", SPACE)
     result = run_module("utils.sweep", sweep_args(space, config, "--n-trials", "2"))

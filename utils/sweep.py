@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from utils.cli import positive_int, run_main
+from utils.cli import one_line, positive_int, run_main
 from utils.config_schema import KEYS
 from utils.configuration import load_config
 from utils.errors import ConfigError, UserError
@@ -70,7 +70,7 @@ def open_storage(spec: str) -> Any:
         return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # Optuna marks heartbeats experimental
             return optuna.storages.RDBStorage(spec, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
     except (ImportError, ModuleNotFoundError) as error:
         raise ConfigError(f"--storage {spec}: its database driver is not installed ({error.name}); e.g. pip install "
@@ -101,36 +101,6 @@ def one_device(config: dict[str, Any]) -> dict[str, Any]:
                           "): set devices: 1 and start one worker per GPU, e.g. CUDA_VISIBLE_DEVICES=1 python -m "
                           "utils.sweep ... (see documentation/sweeps.md)")
     return config
-
-
-class PruningCallback:
-    """Reports each epoch's validation metric to the trial; when the pruner says so, stops training at the end of
-    the epoch and names why (`stop_status`), so that the run ends with status 'pruned'."""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        # A Lightning Callback, built lazily so that this module imports without Lightning (fast --help, errors).
-        from pytorch_lightning.callbacks import Callback
-
-        class _Pruning(Callback):
-            def __init__(self, trial: Any, metric: str) -> None:
-                self.trial, self.metric = trial, metric
-                self.stop_status: str | None = None
-                self.pruned_at: int | None = None
-
-            def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-                record = getattr(pl_module, "epoch_record", None)
-                if trainer.sanity_checking or not trainer.is_global_zero or record is None:
-                    return
-                if record["epoch"] != trainer.current_epoch or self.stop_status is not None:
-                    return
-                self.trial.report(float(record[self.metric]), step=int(record["epoch"]))
-                if self.trial.should_prune():
-                    self.stop_status, self.pruned_at = "pruned", int(record["epoch"])
-                    trainer.should_stop = True
-                    log.info("trial %d pruned after epoch %d (%s %.4g)", self.trial.number, record["epoch"],
-                             self.metric, record[self.metric])
-
-        return _Pruning(*args, **kwargs)
 
 
 class WorkerSignals:
@@ -180,6 +150,7 @@ class Worker:
 
         from train import Interrupted, train
         from utils.run_outputs import read_summary
+        from utils.sweep_pruning import PruningCallback
         from utils.sweep_report import CONFIG_ATTR, stored_config
 
         self.signals.in_trial = True
@@ -189,6 +160,7 @@ class Worker:
             try:
                 config = trial_config(self.base, self.space.suggest(trial), self.study.study_name, trial.number)
             except ConfigError as error:
+                log.error("trial %d failed: %s", trial.number, one_line(error))
                 raise TrialFailed(error.args[0]) from None
             run_dir = Path(config["output_path"]) / config["run_name"]
             trial.set_user_attr("run_dir", str(run_dir))
@@ -204,8 +176,11 @@ class Worker:
                 raise
             except Exception as error:
                 trial.set_user_attr("status", "failed")
-                raise TrialFailed(str(error) if isinstance(error, UserError) else
-                                  f"{type(error).__name__}: {error}") from error
+                if isinstance(error, UserError):  # a setting this trial drew: one line, as train.py gives it
+                    log.error("trial %d failed: %s", trial.number, one_line(error))
+                else:  # a crash: its traceback is wanted
+                    log.exception("trial %d failed", trial.number)
+                raise TrialFailed(f"{type(error).__name__}: {error}") from error
             finally:
                 self.signals.install()  # train() leaves its own handlers behind
             summary = read_summary(run_dir)
@@ -222,6 +197,8 @@ class Worker:
     def after_trial(self, study: Any, trial: Any) -> None:
         from optuna.trial import TrialState
 
+        value = f" {self.space.metric} {trial.value:.6g}" if trial.value is not None else ""
+        log.info("trial %d: %s%s", trial.number, trial.state.name.lower(), value)
         self.failures_in_a_row = self.failures_in_a_row + 1 if trial.state == TrialState.FAIL else 0
         if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
             self.stopped_because = f"{self.failures_in_a_row} trials in a row failed (see the log above)"
@@ -255,6 +232,9 @@ def open_study(args: argparse.Namespace, space: Any, study_name: str, sweep_dir:
     with lock:
         storage = open_storage(spec)
         existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+        if args.report and study_name not in existing:
+            raise ConfigError(f"--report: no study {study_name!r} in {spec}"
+                              f"{'; it holds ' + ', '.join(sorted(existing)) if existing else ''}")
         seed_offset = existing[study_name].n_trials if study_name in existing else 0
         if study_name in existing and existing[study_name].direction.name.lower() != space.direction:
             raise ConfigError(f"study {study_name!r} in {spec} is to {existing[study_name].direction.name.lower()}; "
@@ -267,19 +247,20 @@ def open_study(args: argparse.Namespace, space: Any, study_name: str, sweep_dir:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging("INFO", lightning=True)
+    setup_logging("INFO")  # Lightning's loggers later: it takes seconds to import, and errors answer at once
     base = one_device(load_config(args.config, args.overrides))
     study_name = args.study or Path(args.space).stem
     if not KEYS["run_name"].kind.check(study_name):
         raise ConfigError(f"study name {study_name!r} is not {KEYS['run_name'].kind.expected}: use --study NAME")
-    setup_logging(base["loglevel"], base["logging_dir"], lightning=True)
     import optuna
 
     from utils.sweep_report import report
     from utils.sweep_space import load_space
 
     space = load_space(Path(args.space), base)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our log says what each trial is and how it ended
+    setup_logging(base["loglevel"], base["logging_dir"], lightning=True)
+    # our log says what each trial is and how it ended (Optuna's would add a traceback to every failed trial)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     sweep_dir = Path(base["output_path"]) / "sweeps" / study_name
     signals = WorkerSignals()
     signals.install()
