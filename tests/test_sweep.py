@@ -278,3 +278,14 @@ def test_a_worker_stopped_by_sigterm_leaves_a_study_the_rerun_continues(tmp_path
     states = [t.state for t in load_study(tmp_path / "output", "ghost").get_trials()]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE,
                       optuna.trial.TrialState.COMPLETE]
+
+
+@pytest.mark.slow
+def test_the_trial_start_benchmark_prints_each_part_for_the_first_and_a_later_trial(tmp_path: Path) -> None:
+    result = run_module("benchmarks.trial_start", ["--train", "6", "--test", "3", "--rounds", "1",
+                                                   "--folder", str(tmp_path / "bench")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("| ")}
+    for part in ("imports (once per worker)", "image cache (find, open)", "model", "MLflow run", "total"):
+        assert part in rows
+    assert len(list((tmp_path / "bench" / "cache").glob("train-*.npy"))) == 1  # built once, opened after

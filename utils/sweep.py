@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import signal
 import sys
 import warnings
@@ -226,7 +227,6 @@ def open_study(args: argparse.Namespace, space: Any, study_name: str, sweep_dir:
     spec = args.storage or f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
     if spec.startswith("sqlite:///"):
         Path(spec.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    storage = None
     lock = FileLock(str(sweep_dir / ".create.lock"))  # two workers starting at once create the tables once
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with lock:
@@ -276,9 +276,11 @@ def main(argv: list[str] | None = None) -> int:
             interrupted = error
     print(report(study, sweep_dir))
     if interrupted is not None or signals.requested:
-        command = " ".join([sys.executable, "-m", "utils.sweep", *(argv if argv is not None else sys.argv[1:])])
-        raise WorkerStopped(f"worker of study {study_name} stopped by {signals.requested or 'a signal'}; its "
-                            f"current trial ended as failed, the study is intact; continue it with: {command}")
+        args_given = argv if argv is not None else sys.argv[1:]
+        command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "utils.sweep", *args_given])
+        trial = "its running trial ended as failed" if interrupted is not None else "no trial was running"
+        raise WorkerStopped(f"worker of study {study_name} stopped by {signals.requested or 'a signal'}; {trial}, "
+                            f"the study is intact; continue it with: {command}")
     return 0
 
 
