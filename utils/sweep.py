@@ -39,7 +39,8 @@ class TrialFailed(Exception):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Search hyperparameters with Optuna; each trial is a train() run.")
+    parser = argparse.ArgumentParser(prog="python -m utils.sweep",
+                                     description="Search hyperparameters with Optuna; each trial is a train() run.")
     parser.add_argument("--space", required=True, help="search-space YAML file (see configs/sweeps/)")
     parser.add_argument("--config", default=None,
                         help="base config the trials vary (default: config.yml, else config_template.yml)")
