@@ -125,8 +125,12 @@ def train(config: dict[str, Any], resume: str | None = None, callbacks: list | N
     finally:
         interrupt.reinstall()
         if trainer.is_global_zero:
+            # a callback that stopped the run may say why (a sweep's pruner: "pruned")
+            stopped_by = [c.stop_status for c in callbacks if getattr(c, "stop_status", None)]
+            if status == "finished" and stopped_by:
+                status = stopped_by[0]
             # Judged from metrics.csv, not the callback's state: with ddp_spawn training ran in other processes.
-            if status == "finished" and epochs_done(run_dir / "metrics.csv") < config["num_epochs"]:
+            elif status == "finished" and epochs_done(run_dir / "metrics.csv") < config["num_epochs"]:
                 status = "early_stopped"
             write_plots(run_dir / "metrics.csv", run_dir / "plots", title=run_dir.name)
             summary = write_summary(run_dir, {

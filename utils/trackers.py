@@ -89,7 +89,7 @@ def run_files(run_dir: Path) -> list[tuple[Path, str]]:
 
 def finalize_trackers(loggers: list[Logger], run_dir: Path, summary: dict[str, Any], status: str) -> None:
     """Hand the finished run's summary and files to every tracker (status: finished, early_stopped, interrupted,
-    failed).
+    failed, pruned).
 
     A tracker that fails here is reported and skipped: the run folder already holds everything.
     """
