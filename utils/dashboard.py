@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     folders = find_run_folders(args.folders or [Path(config["output_path"])]) \
         if args.folders or Path(config["output_path"]).is_dir() else []
 
-    from utils.mlflow_logger import prepare_experiment, runs_view_address, sqlite_path
+    from utils.mlflow_logger import prepare_experiment, runs_view_address
     from utils.run_import import import_run_folders, import_thesis_runs
 
     tracking_uri = args.tracking_uri or config["mlflow_tracking_uri"]
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         thesis = import_thesis_runs(tracking_uri, config["experiment_name"])
         print(f"thesis runs of 2020: {len(thesis.added)} added, {len(thesis.unchanged)} already there")
     _, experiment_id = prepare_experiment(tracking_uri, config["experiment_name"])
-    local = sqlite_path(tracking_uri) is not None
+    local = not tracking_uri.startswith(("http://", "https://"))  # a store file, not a tracking server
     base = f"http://{HOST}:{args.port}" if local else tracking_uri
     address = runs_view_address(base, experiment_id)
     if not local:  # a tracking server already serves its UI
