@@ -120,32 +120,34 @@ def import_run_folder(client: Any, experiment_id: str, run_dir: Path) -> str:
     else:
         run_id, held_params = existing.info.run_id, existing.data.params
 
-    params = run_params(config, summary.get("architecture") or "", summary.get("num_params") or 0,
-                        runtime=summary.get("runtime") or "unknown")
-    # What the folder does not say is left out; logged params never change (MLflow keeps the first value).
-    unknown = {k for k in ("architecture", "num_params", "runtime") if not summary.get(k)}
-    known = {k: v for k, v in params.items() if k not in held_params and k not in unknown}
-    log_params(client, run_id, known)
-    metrics_csv = run_dir / "metrics.csv"
-    metrics = pd.read_csv(metrics_csv) if metrics_csv.is_file() else pd.DataFrame(columns=["epoch"])
-    series = _series(client, run_id if existing else None, metrics, now)
-    series += [Metric(k, v, now, 0) for k, v in summary_metrics(summary).items()]
-    _log_metrics(client, run_id, series)
     status = summary.get("status")
-    tags = {**run_tags([str(t) for t in config["tags"] or []], config["description"] or ""),
-            FOLDER_TAG: str(run_dir.resolve()), DIGEST_TAG: digest}
-    if status:
-        tags["status"] = status
-    elif existing is None:
-        tags["status"] = "unfinished"  # no summary.json: still training elsewhere, or stopped without writing it
-    log_files(client, run_id, run_files(run_dir))
-    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-    if status:
-        wall = summary.get("wall_time_s")
-        end = start + int(1000 * wall) if isinstance(wall, (int, float)) else None
-        client.set_terminated(run_id, RUN_STATUS.get(status, "FINISHED"), end_time=end)
-    elif existing is None:
-        client.set_terminated(run_id, "KILLED")  # never RUNNING: no process of ours is training it
+    try:
+        params = run_params(config, summary.get("architecture") or "", summary.get("num_params") or 0,
+                            runtime=summary.get("runtime") or "unknown")
+        # What the folder does not say is left out; logged params never change (MLflow keeps the first value).
+        unknown = {k for k in ("architecture", "num_params", "runtime") if not summary.get(k)}
+        log_params(client, run_id, {k: v for k, v in params.items() if k not in held_params and k not in unknown})
+        metrics_csv = run_dir / "metrics.csv"
+        metrics = pd.read_csv(metrics_csv) if metrics_csv.is_file() else pd.DataFrame(columns=["epoch"])
+        series = _series(client, run_id if existing else None, metrics, now)
+        _log_metrics(client, run_id, series + [Metric(k, v, now, 0) for k, v in summary_metrics(summary).items()])
+        tags = {**run_tags([str(t) for t in config["tags"] or []], config["description"] or ""),
+                FOLDER_TAG: str(run_dir.resolve())}
+        if status:
+            tags["status"] = status
+        elif existing is None:
+            tags["status"] = "unfinished"  # no summary.json: still training elsewhere, or stopped without writing it
+        log_files(client, run_id, run_files(run_dir))
+        # the digest last: an import that failed half-way is done again next time
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in {**tags, DIGEST_TAG: digest}.items()])
+    finally:
+        # never RUNNING: no process of ours is training it
+        if status:
+            wall = summary.get("wall_time_s")
+            end = start + int(1000 * wall) if isinstance(wall, (int, float)) else None
+            client.set_terminated(run_id, RUN_STATUS.get(status, "FINISHED"), end_time=end)
+        elif existing is None:
+            client.set_terminated(run_id, "KILLED")
     return "added" if existing is None else "updated"
 
 
