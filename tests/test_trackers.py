@@ -452,3 +452,21 @@ def test_mlflow_run_is_ended_even_when_logging_its_files_fails(tmp_path: Path) -
     (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     assert run.info.status == "FAILED" and run.data.tags["status"] == "failed"
     assert run.data.metrics["max_valid_acc"] == 0.5
+
+
+def test_on_colab_an_mlflow_store_on_drive_is_warned_of(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import logging
+
+    from utils.trackers import warn_of_store_on_drive
+
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab_20260101")
+    handler = logging.StreamHandler(stream := io.StringIO())
+    logging.getLogger("cars").addHandler(handler)  # the project's logger may not propagate (logging_setup)
+    try:
+        warn_of_store_on_drive("sqlite:////content/local/mlruns.db")
+        assert stream.getvalue() == ""
+        warn_of_store_on_drive("sqlite:////content/drive/MyDrive/cars/mlruns.db")
+    finally:
+        logging.getLogger("cars").removeHandler(handler)
+    assert "log_to_mlflow: false" in stream.getvalue() and "utils.dashboard" in stream.getvalue()
