@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = train(config, resume=args.resume)
     if args.demo:
         log.info("demo data: demo/raw (generated raw downloads) -> demo/stanford (prepared); "
-                 "dashboard: mlflow ui --backend-store-uri sqlite:///demo/mlruns.db")
+                 "dashboard: python -m utils.dashboard demo/output --tracking-uri sqlite:///demo/mlruns.db")
     log.info("run folder: %s", run_dir)
     return 0
 

@@ -434,3 +434,39 @@ def test_a_tracker_that_cannot_start_leaves_one_clean_line_and_no_run_folder(
     assert "NeptuneConnectionLostException---- server unreachable" in str(caught.value)
     assert "\x1b" not in str(caught.value)
     assert not (tmp_path / "output").exists() or not any((tmp_path / "output").iterdir())
+
+
+def test_mlflow_run_is_ended_even_when_logging_its_files_fails(tmp_path: Path) -> None:
+    """A plot that vanished (a dangling link) makes the artifact upload fail: the run still ends, not RUNNING."""
+    from mlflow.tracking import MlflowClient
+
+    config = tracker_config(tmp_path, log_to_mlflow=True)
+    run_dir = tmp_path / "output" / "ghost_20260101000002"
+    run_dir.mkdir(parents=True)
+    model = TinyModule()
+    loggers = build_loggers(config, run_dir, model)
+    (run_dir / "plots").mkdir()
+    (run_dir / "plots" / "loss.png").symlink_to(tmp_path / "gone.png")
+    finalize_trackers(loggers, run_dir, {"max_valid_acc": 0.5, "epochs_run": 1}, "failed")
+    client = MlflowClient(config["mlflow_tracking_uri"])
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert run.info.status == "FAILED" and run.data.tags["status"] == "failed"
+    assert run.data.metrics["max_valid_acc"] == 0.5
+
+
+def test_on_colab_an_mlflow_store_on_drive_is_warned_of(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import logging
+
+    from utils.trackers import warn_of_store_on_drive
+
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab_20260101")
+    handler = logging.StreamHandler(stream := io.StringIO())
+    logging.getLogger("cars").addHandler(handler)  # the project's logger may not propagate (logging_setup)
+    try:
+        warn_of_store_on_drive("sqlite:////content/local/mlruns.db")
+        assert stream.getvalue() == ""
+        warn_of_store_on_drive("sqlite:////content/drive/MyDrive/cars/mlruns.db")
+    finally:
+        logging.getLogger("cars").removeHandler(handler)
+    assert "log_to_mlflow: false" in stream.getvalue() and "utils.dashboard" in stream.getvalue()

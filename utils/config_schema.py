@@ -122,7 +122,7 @@ SCHEMA: tuple[Key, ...] = (
         choices=("async", "offline", "debug")),
     Key("log_to_mlflow", "logging", True, BOOL, "Log runs to the local MLflow dashboard."),
     Key("mlflow_tracking_uri", "logging", "sqlite:///mlruns.db", STR,
-        "MLflow tracking store; browse it with `mlflow ui --backend-store-uri sqlite:///mlruns.db`."),
+        "MLflow tracking store; browse it with `python -m utils.dashboard` (keep it off synced folders)."),
     Key("experiment_name", "logging", "stanford-cars", STR, "MLflow experiment the runs are grouped under."),
     Key("tags", "logging", [], STR_LIST, "Tags given to the run in every tracker (e.g. the thesis's experiment ID)."),
     Key("description", "logging", "", STR, "Free-text description of the run, given to every tracker."),

@@ -1,6 +1,6 @@
 """The thesis-style table of local runs (§4.2): one row per run folder with a summary.json, best valid accuracy first.
 
-    python -m utils.summary [--output-path DIR] [--format markdown|csv]
+    python -m utils.summary [--output-path DIR] [--format markdown|csv] [--with-thesis]
 """
 
 from __future__ import annotations
@@ -69,13 +69,14 @@ def to_markdown(table: pd.DataFrame) -> str:
             return f"{100 * value:.2f}%"
         if name.endswith("_loss"):
             return f"{value:.3f}"
-        if name == "epochs":
+        if name.endswith("epochs"):
             return str(int(value))
         return str(value).replace("|", "\\|")
 
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    columns = list(table.columns)
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     for row in table.itertuples(index=False):
-        lines.append("| " + " | ".join(cell(n, v) for n, v in zip(COLUMNS, row)) + " |")
+        lines.append("| " + " | ".join(cell(n, v) for n, v in zip(columns, row)) + " |")
     return "\n".join(lines)
 
 
@@ -85,8 +86,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder holding the run folders (default: %(default)s)")
     parser.add_argument("--format", choices=("markdown", "csv"), default="markdown",
                         help="table format (default: %(default)s)")
+    parser.add_argument("--with-thesis", action="store_true",
+                        help="add the 2020 run of each run's thesis ID: its best valid_acc, its epochs and the "
+                             "difference (vs_thesis_acc, this run minus 2020)")
     args = parser.parse_args(argv)
     table = summary_table(Path(args.output_path))
+    if args.with_thesis:
+        from utils.thesis_runs import thesis_columns
+
+        table = table.join(thesis_columns(table["ID"]))
+        table["vs_thesis_acc"] = pd.to_numeric(table["max_valid_acc"]) - table["thesis_max_valid_acc"]
     print(to_markdown(table) if args.format == "markdown" else table.to_csv(index=False).rstrip("\n"))
     return 0
 

@@ -11,7 +11,7 @@ from pytorch_lightning.loggers import Logger
 
 from utils.configuration import is_placeholder
 from utils.errors import ConfigError
-from utils.run_params import run_params
+from utils.run_params import detect_runtime, run_params
 
 log = logging.getLogger("cars")
 
@@ -69,6 +69,7 @@ def build_loggers(config: dict[str, Any], run_dir: Path, model: Any, resume: boo
         loggers.append(NeptuneRunLogger(run_dir.name, mode=mode, project=project, api_token=token,
                                         tags=config["tags"], description=config["description"]))
     if config["log_to_mlflow"]:
+        warn_of_store_on_drive(config["mlflow_tracking_uri"])
         loggers.append(MlflowRunLogger(run_dir.name, config["mlflow_tracking_uri"], config["experiment_name"],
                                        config["tags"], config["description"], resume=resume))
     if loggers:
@@ -76,6 +77,15 @@ def build_loggers(config: dict[str, Any], run_dir: Path, model: Any, resume: boo
         for logger in loggers:
             logger.log_run_params(params)
     return loggers
+
+
+def warn_of_store_on_drive(tracking_uri: str) -> None:
+    """On Colab, an SQLite store inside the mounted Google Drive is a file that other machines sync too: say so."""
+    if tracking_uri.startswith("sqlite:///") and detect_runtime() == "colab" and \
+            "/content/drive/" in str(Path(tracking_uri.removeprefix("sqlite:///")).resolve()):
+        log.warning("mlflow_tracking_uri %s is on Google Drive: an SQLite file written by two machines breaks; set "
+                    "log_to_mlflow: false on Colab and bring the run folders into your own store with "
+                    "python -m utils.dashboard (documentation/experiment_tracking.md)", tracking_uri)
 
 
 def run_files(run_dir: Path) -> list[tuple[Path, str]]:
