@@ -172,3 +172,35 @@ def test_graphed_training_steps_give_eager_losses_gradients_and_statistics() -> 
         assert (graphed_grad - grad).norm() <= 0.05 * grad.norm(), f"step {index}"
     for (name, buffer), graphed_buffer in zip(eager.net.named_buffers(), graphed.net.buffers()):
         torch.testing.assert_close(graphed_buffer, buffer, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_cuda_graphs_auto_trains_eagerly_after_a_capture_that_fails(caplog) -> None:
+    """`cuda_graphs: auto` resolved to true (graph_fallback): a step that reads a value back cannot be captured; the
+    failed capture is one warning, and that batch and the later ones train eagerly on the GPU, with eager's losses,
+    gradients and batch norm statistics."""
+    import logging
+
+    config = validate({"image_size": [64, 64], "dropout": 0.0})
+    names = [str(i) for i in range(10)]
+    eager = NetModule.from_config(config, 10, names).cuda()
+    fallback = NetModule.from_config({**config, "cuda_graphs": True}, 10, names, graph_fallback=True).cuda()
+    fallback.load_state_dict(eager.state_dict())
+    recorded_forward = fallback._graphed_forward
+
+    def reads_back(images: torch.Tensor, drawn: torch.Tensor | None = None) -> torch.Tensor:
+        logits = recorded_forward(images, drawn)
+        return logits * (1 + 0 * float(logits.sum()))  # a read-back: fails a capture
+
+    fallback.__dict__["_graphed_forward"] = reads_back
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    a, b = [(torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8, device="cuda", generator=generator),
+             torch.randint(0, 10, (8,), device="cuda", generator=generator)) for _ in range(2)]
+    with caplog.at_level(logging.WARNING, logger="cars"):
+        steps = fixed_weight_steps({"eager": eager, "fallback": fallback}, [a, b, a])
+    assert fallback._graphed_off and fallback._graphed_step is None
+    assert "cuda_graphs: auto, but the training step could not be graphed" in caplog.text
+    for index, ((loss, grad), (fallback_loss, fallback_grad)) in enumerate(zip(steps["eager"], steps["fallback"])):
+        assert fallback_loss == pytest.approx(loss, rel=1e-5), f"step {index}"
+        assert (fallback_grad - grad).norm() <= 1e-3 * grad.norm(), f"step {index}"
+    for (name, buffer), fallback_buffer in zip(eager.net.named_buffers(), fallback.net.buffers()):
+        torch.testing.assert_close(fallback_buffer, buffer, rtol=1e-4, atol=1e-5, msg=name)
