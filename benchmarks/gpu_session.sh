@@ -4,12 +4,13 @@
 # 600 s returns with every log. Each step's whole output goes to $OUT/<step>.log (default ./gpu-logs); its tail
 # is printed.
 #
-#     bash benchmarks/gpu_session.sh [step ...]      (default: data tests whole-run epochs)
+#     bash benchmarks/gpu_session.sh [step ...]      (default: data tests whole-run first-use epochs)
 #
 # The default call (issue 25, about ten minutes on one H100): the CUDA tests (the graphed-vs-eager test and the
 # batch-norm check after it among them) while the data is generated; then C-50 with the defaults (`auto` device
 # options), start to finish in its own process, projected from real epochs, unconfined and under `taskset -c 0,1`;
-# then real epochs in one process with the first epoch taken apart by phase, against a steady one.
+# then the first epoch taken apart: each batch shape's first use against its second, and the graph's capture, in a
+# fresh process; then real epochs in one process, the first epoch by phase against a steady one.
 # Steps, in the order they run:
 #   data            generates the data the wanted steps read, in the background (CPU only), so that it is ready
 #                   when the first timed step starts; timed steps wait for it
@@ -17,6 +18,8 @@
 #   whole-run       `python train.py --config configs/thesis/C-50.yml -d DATA --set num_epochs=EPOCHS` and
 #                   nothing else, timed from process start to exit (image cache build, every epoch, checkpoints),
 #                   projected to C-50; then the same confined to cores 0 and 1 (benchmarks/whole_run.py)
+#   first-use       each training and validation batch shape's first use against its second, and the training
+#                   step's warm-up and capture, in a fresh process (benchmarks/first_use.py)
 #   graph-test      that one: compiled training steps under CUDA graphs against eager ones (also while the data is
 #                   generated; its 64 px graphs share no compiled kernels with the 227 px steps)
 #   graph-throughput model-only vs full pipeline with cuda_graphs on (each training batch's preprocessing,
@@ -91,7 +94,7 @@ step() {
 }
 
 want() { [[ " $WANTED " == *" $1 "* ]]; }
-WANTED=" ${*:-data tests whole-run epochs} "
+WANTED=" ${*:-data tests whole-run first-use epochs} "
 
 {
     date -u
@@ -128,6 +131,8 @@ WHOLE_SET=""
 { [ "$SIZE" != 227 ] || [ "$BATCH" != 64 ]; } && WHOLE_SET="--set image_size=[$SIZE,$SIZE] batch_size=$BATCH"
 want whole-run && step whole-run 300 $PY -m benchmarks.whole_run --epochs "$EPOCHS" --train-images "$TRAIN" \
     --test-images "$TEST" --data-dir $EPOCH_DATA --versus-cpus 0,1 $WHOLE_SET
+want first-use && step first-use 90 $PY -m benchmarks.first_use --image-size $SIZE --batch-size $BATCH \
+    --train-images "$TRAIN" --test-images "$TEST"
 want graph-throughput && step graph-throughput 200 $PY -m benchmarks.training_throughput $BENCH --compile both \
     --compile-mode default --cuda-graphs --data-dir $BENCH_DATA
 # Then the same without async_checkpoints: what writing the checkpoints from a thread saves per epoch.

@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError(f"train.py ({label}) exited with {code} after {len(epoch_times)} of {args.epochs} "
                                 "epochs: see its output above")
             results.append((label, elapsed, epoch_times))
+            print(f"--- {label}: {elapsed:.1f} s from process start to exit; epochs (s): "
+                  f"{' '.join(f'{t:.2f}' for t in epoch_times)}", flush=True)  # kept if a later run is cut off
     steady = [statistics.median(times[1:]) for _, _, times in results]
     projected = [(elapsed + (C50_EPOCHS - args.epochs) * value) / 60 for (_, elapsed, _), value in zip(results, steady)]
     print()
