@@ -121,7 +121,7 @@ for folder, train, test in [$(IFS=,; for need in "${NEEDS[@]}"; do printf '(%s),
     DATA_PID=$!
 fi
 
-want tests && step tests 180 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "not cuda_graphs" \
+want tests && step tests 200 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "not cuda_graphs" \
     "tests/test_device_augment.py::test_cuda_batch_stays_on_device_and_seeds_reproduce"
 # While the data is generated too (correctness only).
 want graph-test && step graph-test 150 $PY -m pytest -q -s -p no:cacheprovider tests/test_cuda.py -k cuda_graphs
@@ -129,7 +129,7 @@ wait_for_data
 # Start to finish as a user runs it: the defaults (no --set but the epoch count), then on 2 cores (a Colab-like host).
 WHOLE_SET=""
 { [ "$SIZE" != 227 ] || [ "$BATCH" != 64 ]; } && WHOLE_SET="--set image_size=[$SIZE,$SIZE] batch_size=$BATCH"
-want whole-run && step whole-run 300 $PY -m benchmarks.whole_run --epochs "$EPOCHS" --train-images "$TRAIN" \
+want whole-run && step whole-run 280 $PY -m benchmarks.whole_run --epochs "$EPOCHS" --train-images "$TRAIN" \
     --test-images "$TEST" --data-dir $EPOCH_DATA --versus-cpus 0,1 $WHOLE_SET
 want first-use && step first-use 90 $PY -m benchmarks.first_use --image-size $SIZE --batch-size $BATCH \
     --train-images "$TRAIN" --test-images "$TEST"

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from models.net_module import NetModule
 from tests.helpers import ROOT, generated_prepared_data, run_train, tiny_config
@@ -65,15 +66,20 @@ def test_training_step_with_device_augmentations_never_synchronizes(drawn_by: st
 @pytest.mark.parametrize(("options", "train_per_class"), [
     ({"precision": "bf16-mixed"}, 8),
     ({"cuda_graphs": True}, 9),  # 36 images in batches of 8: the last, smaller one runs the network directly
-], ids=["bf16", "graphed"])
+    ({"channels_last": "auto", "gpu_augmentations": "auto", "cuda_graphs": "auto"}, 9),  # the defaults
+], ids=["bf16", "graphed", "auto"])
 def test_train_runs_on_the_gpu_with_channels_last_device_augmentations_and(tmp_path: Path, options: dict,
                                                                           train_per_class: int) -> None:
     data = generated_prepared_data(tmp_path / "data", classes=4, train_per_class=train_per_class, test_per_class=4)
-    config = tiny_config(tmp_path, data, accelerator="gpu", channels_last=True, gpu_augmentations=True,
-                         num_workers=2, **options)
+    settings = {"channels_last": True, "gpu_augmentations": True, **options}
+    config = tiny_config(tmp_path, data, accelerator="gpu", num_workers=2, **settings)
     result = run_train(["--config", str(config)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = next((tmp_path / "output").iterdir())
+    saved = yaml.safe_load((run_dir / "config.yml").read_text())
+    if "auto" in options.values():  # resolved for one GPU: all on, as written to the run's config.yml
+        assert [saved[key] for key in options] == [True] * 3
+        assert "captured in" in result.stdout + result.stderr
     metrics = pd.read_csv(run_dir / "metrics.csv")
     assert list(metrics["epoch"]) == [0, 1] and metrics["train_loss"].notna().all()
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
@@ -174,7 +180,7 @@ def test_graphed_training_steps_give_eager_losses_gradients_and_statistics() -> 
         torch.testing.assert_close(graphed_buffer, buffer, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_cuda_graphs_auto_trains_eagerly_after_a_capture_that_fails(caplog) -> None:
+def test_a_step_that_cannot_be_captured_trains_eagerly_under_auto(caplog) -> None:
     """`cuda_graphs: auto` resolved to true (graph_fallback): a step that reads a value back cannot be captured; the
     failed capture is one warning, and that batch and the later ones train eagerly on the GPU, with eager's losses,
     gradients and batch norm statistics."""
