@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.test_images} validation images; image cache built by each run, in its time")
     print()
     rows = [[f"whole {args.epochs}-epoch run, process start to exit (s)", *(f"{e:.1f}" for _, e, _ in results)],
-            ["before the first epoch: start-up, cache build (s)",
+            ["outside the epochs: start-up, cache build, the end (s)",
              *(f"{e - sum(times):.1f}" for _, e, times in results)],
             ["first epoch (s)", *(f"{times[0]:.1f}" for _, _, times in results)],
             ["later epochs (s)", *(" ".join(f"{t:.2f}" for t in times[1:]) for _, _, times in results)],
