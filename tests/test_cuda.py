@@ -198,11 +198,19 @@ def test_a_step_that_cannot_be_captured_trains_eagerly_under_auto(caplog) -> Non
         return logits * (1 + 0 * float(logits.sum()))  # a read-back: fails a capture
 
     fallback.__dict__["_graphed_forward"] = reads_back
+    # With dropout (the default 0.2), the failed capture involved the CUDA random generator: eager steps must
+    # still draw their masks after it.
+    with_dropout = NetModule.from_config({**config, "dropout": 0.2, "cuda_graphs": True}, 10, names,
+                                         graph_fallback=True).cuda()
+    with_dropout_forward = with_dropout._graphed_forward
+    with_dropout.__dict__["_graphed_forward"] = lambda images, drawn=None: with_dropout_forward(images, drawn) * (
+        1 + 0 * float(images.sum()))
     generator = torch.Generator(device="cuda").manual_seed(0)
     a, b = [(torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8, device="cuda", generator=generator),
              torch.randint(0, 10, (8,), device="cuda", generator=generator)) for _ in range(2)]
     with caplog.at_level(logging.WARNING, logger="cars"):
-        steps = fixed_weight_steps({"eager": eager, "fallback": fallback}, [a, b, a])
+        steps = fixed_weight_steps({"eager": eager, "fallback": fallback, "dropout": with_dropout}, [a, b, a])
+    assert with_dropout._graphed_off and all(torch.isfinite(torch.tensor(loss)) for loss, _ in steps["dropout"])
     assert fallback._graphed_off and fallback._graphed_step is None
     assert "cuda_graphs: auto, but the training step could not be graphed" in caplog.text
     for index, ((loss, grad), (fallback_loss, fallback_grad)) in enumerate(zip(steps["eager"], steps["fallback"])):
