@@ -57,12 +57,15 @@ class TrainingGraph:
         self.graph: torch.cuda.CUDAGraph | None = None
         buffers = list(net.buffers())
         saved = [buffer.clone() for buffer in buffers]
+        current = torch.cuda.current_stream() if capture else None
         try:
             self._warm_up()
             for param in self.params:
                 param.grad = None  # the recorded backward allocates them in the graph's memory; replays write there
             self.loss, self.logits = self._record()
         except (RuntimeError, AssertionError) as error:
+            if current is not None:  # a capture_end that fails leaves the capture's stream current
+                torch.cuda.set_stream(current)
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
             raise NotGraphable(reason) from error
         finally:

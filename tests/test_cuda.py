@@ -212,6 +212,7 @@ def test_a_step_that_cannot_be_captured_trains_eagerly_under_auto(caplog) -> Non
         steps = fixed_weight_steps({"eager": eager, "fallback": fallback, "dropout": with_dropout}, [a, b, a])
     assert with_dropout._graphed_off and all(torch.isfinite(torch.tensor(loss)) for loss, _ in steps["dropout"])
     assert fallback._graphed_off and fallback._graphed_step is None
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()  # the capture's side stream is left
     assert "cuda_graphs: auto, but the training step could not be graphed" in caplog.text
     for index, ((loss, grad), (fallback_loss, fallback_grad)) in enumerate(zip(steps["eager"], steps["fallback"])):
         assert fallback_loss == pytest.approx(loss, rel=1e-5), f"step {index}"
