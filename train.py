@@ -71,14 +71,15 @@ def train(config: dict[str, Any], resume: str | None = None, callbacks: list | N
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")  # we log per epoch
     check_training_parts(config)
-    check_hardware(config)
+    graph_fallback = config["cuda_graphs"] == "auto"  # auto falls back to the eager step where capture fails
+    config = check_hardware(config)  # `auto` device options resolved for this machine (logged; in config.yml)
     use_compile_cache(config)
     check_tracker_config(config)
     checkpoint = find_resume_checkpoint(resume, config) if resume else None
     if config["seed"] is not None:
         pl.seed_everything(config["seed"], workers=True, verbose=False)
     data = StanfordCarsDataModule(config)
-    model = NetModule.from_config(config, data.num_classes, data.class_names)
+    model = NetModule.from_config(config, data.num_classes, data.class_names, graph_fallback=graph_fallback)
     run_dir = _run_dir(config, checkpoint)
     config = {**config, "run_name": run_dir.name}
     log.info("run %s: %s, %d classes, %s parameters", run_dir.name, config["architecture"], data.num_classes,

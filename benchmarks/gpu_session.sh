@@ -4,15 +4,22 @@
 # 600 s returns with every log. Each step's whole output goes to $OUT/<step>.log (default ./gpu-logs); its tail
 # is printed.
 #
-#     bash benchmarks/gpu_session.sh [step ...]      (default: data tests graph-compile-epochs step-graph)
+#     bash benchmarks/gpu_session.sh [step ...]      (default: data tests whole-run first-use epochs)
 #
-# What the fourth H100 lease left unmeasured (2026-11-26): the CUDA test of cuda_graphs with its corrected bounds,
-# real epochs of cuda_graphs with compile (cut off at 145 s in the first epoch) and step-graph. 15 minutes of device
-# time hold the default steps (BUDGET=520) and one more call, e.g. `data graph-throughput graph-epochs` (BUDGET=300).
+# The default call (issue 25, about ten minutes on one H100): the CUDA tests (the graphed-vs-eager test and the
+# batch-norm check after it among them) while the data is generated; then C-50 with the defaults (`auto` device
+# options), start to finish in its own process, projected from real epochs, unconfined and under `taskset -c 0,1`;
+# then the first epoch taken apart: each batch shape's first use against its second, and the graph's capture, in a
+# fresh process; then real epochs in one process, the first epoch by phase against a steady one.
 # Steps, in the order they run:
 #   data            generates the data the wanted steps read, in the background (CPU only), so that it is ready
 #                   when the first timed step starts; timed steps wait for it
 #   tests           the CUDA tests (correctness on the GPU; runs while data is generated), but the one that compiles
+#   whole-run       `python train.py --config configs/thesis/C-50.yml -d DATA --set num_epochs=EPOCHS` and
+#                   nothing else, timed from process start to exit (image cache build, every epoch, checkpoints),
+#                   projected to C-50; then the same confined to cores 0 and 1 (benchmarks/whole_run.py)
+#   first-use       each training and validation batch shape's first use against its second, and the training
+#                   step's warm-up and capture, in a fresh process (benchmarks/first_use.py)
 #   graph-test      that one: compiled training steps under CUDA graphs against eager ones (also while the data is
 #                   generated; its 64 px graphs share no compiled kernels with the 227 px steps)
 #   graph-throughput model-only vs full pipeline with cuda_graphs on (each training batch's preprocessing,
@@ -87,7 +94,7 @@ step() {
 }
 
 want() { [[ " $WANTED " == *" $1 "* ]]; }
-WANTED=" ${*:-data tests graph-compile-epochs step-graph} "
+WANTED=" ${*:-data tests whole-run first-use epochs} "
 
 {
     date -u
@@ -104,7 +111,7 @@ if want data; then
     NEEDS=()
     { want profile || want profile-eager; } && NEEDS+=("'$PROFILE_DATA', (10 + 30) * $BATCH, $BATCH")
     { want throughput || want compile-default || want graph-throughput; } && NEEDS+=("'$BENCH_DATA', (5 + $BATCHES) * $BATCH, (5 + $BATCHES) * $BATCH")
-    { want compile-epochs || want epochs || want graph-epochs || want graph-compile-epochs; } && NEEDS+=("'$EPOCH_DATA', $TRAIN, $TEST")
+    { want compile-epochs || want epochs || want graph-epochs || want graph-compile-epochs || want whole-run; } && NEEDS+=("'$EPOCH_DATA', $TRAIN, $TEST")
     $PY -c "
 from pathlib import Path
 from benchmarks.common import generate_prepared
@@ -114,11 +121,18 @@ for folder, train, test in [$(IFS=,; for need in "${NEEDS[@]}"; do printf '(%s),
     DATA_PID=$!
 fi
 
-want tests && step tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "not cuda_graphs" \
+want tests && step tests 200 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "not cuda_graphs" \
     "tests/test_device_augment.py::test_cuda_batch_stays_on_device_and_seeds_reproduce"
 # While the data is generated too (correctness only).
 want graph-test && step graph-test 150 $PY -m pytest -q -s -p no:cacheprovider tests/test_cuda.py -k cuda_graphs
 wait_for_data
+# Start to finish as a user runs it: the defaults (no --set but the epoch count), then on 2 cores (a Colab-like host).
+WHOLE_SET=""
+{ [ "$SIZE" != 227 ] || [ "$BATCH" != 64 ]; } && WHOLE_SET="--set image_size=[$SIZE,$SIZE] batch_size=$BATCH"
+want whole-run && step whole-run 280 $PY -m benchmarks.whole_run --epochs "$EPOCHS" --train-images "$TRAIN" \
+    --test-images "$TEST" --data-dir $EPOCH_DATA --versus-cpus 0,1 $WHOLE_SET
+want first-use && step first-use 90 $PY -m benchmarks.first_use --image-size $SIZE --batch-size $BATCH \
+    --train-images "$TRAIN" --test-images "$TEST"
 want graph-throughput && step graph-throughput 200 $PY -m benchmarks.training_throughput $BENCH --compile both \
     --compile-mode default --cuda-graphs --data-dir $BENCH_DATA
 # Then the same without async_checkpoints: what writing the checkpoints from a thread saves per epoch.

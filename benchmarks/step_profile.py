@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{busy_ms / step_ms:.0%} of the wall time\n")
     print(markdown_table(["kernel", "calls per step", "ms per step"], rows))
     model_profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
-    rate = model_only(config, torch.device("cuda"), config["precision"], config["channels_last"], config["compile"],
+    rate = model_only(config, torch.device("cuda"), config["precision"], config["channels_last"] is True, config["compile"],
                       args.batches, args.warmup, profiler=model_profiler)
     model_ms = config["batch_size"] / rate * 1e3
     model_busy, model_rows = kernel_rows(device_events(model_profiler), args.batches)

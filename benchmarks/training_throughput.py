@@ -69,7 +69,7 @@ def model_only(config: dict[str, Any], device: torch.device, precision: str, cha
     targets = torch.randint(0, NUM_CLASSES, (config["batch_size"],), device=device)
     net.train()
     graph = None
-    if config["cuda_graphs"]:  # as NetModule does at its first training batch
+    if config["cuda_graphs"] is True:  # as NetModule does at its first training batch
         from models.cuda_graphs import TrainingGraph
 
         graph = TrainingGraph(net, loss_fn, images, targets, forward=step_net)

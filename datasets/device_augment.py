@@ -82,8 +82,8 @@ def build_op(name: str, params: dict[str, Any] | None) -> DeviceOp:
 
 def device_augmentation_settings(config: dict[str, Any]) -> dict[str, dict | None] | None:
     """What `gpu_augmentations` runs on the device: {"image": mapping or None, "tensor": mapping or None}, or None
-    when augmentations run in the DataLoader workers."""
-    if not config["gpu_augmentations"]:
+    when augmentations run in the DataLoader workers (an unresolved `auto` counts as off)."""
+    if config["gpu_augmentations"] is not True:
         return None
     return {"image": config["image_augmentations"] if config["augment_images"] else None,
             "tensor": config["tensor_augmentations"] if config["augment_tensors"] else None}

@@ -59,7 +59,7 @@ class StanfordCarsDataModule(pl.LightningDataModule):
                                     config["crop_to_bboxes"] and config["erase_background"]),
             "test": PrefixSettings(size, config["convert_to_grayscale"], False, False),
         }
-        on_cpu_workers = not config["gpu_augmentations"]
+        on_cpu_workers = config["gpu_augmentations"] is not True  # an unresolved `auto` counts as off
         self.image_augment = (build_v2_pipeline(config["image_augmentations"], "image_augmentations")
                               if config["augment_images"] and on_cpu_workers else None)
         self.tensor_augment = (build_v2_pipeline(config["tensor_augmentations"], "tensor_augmentations")

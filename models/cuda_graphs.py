@@ -20,6 +20,16 @@ from torch import nn
 
 from utils.errors import ConfigError
 
+
+class NotGraphable(ConfigError):
+    """The training step could not be captured; `reason` says why, in one line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"cuda_graphs: true, but the training step could not be graphed ({reason}); set "
+                         "cuda_graphs: false")
+        self.reason = reason
+
+
 WARMUP = 3  # passes before the capture (cuDNN's choice of kernels, the allocator), as PyTorch's guide advises
 
 
@@ -32,8 +42,8 @@ class TrainingGraph:
     statistics are put back afterwards, in place (the graph holds their addresses), and the sample's gradients are
     not kept. Call it in training mode, outside autocast, with `net` on a CUDA device. `capture=False` records
     nothing: `run` then does the same work eagerly, into the same buffers, which checks everything around the graph
-    on a machine without CUDA. A step that cannot be graphed (an operation that waits for the host, say) is a
-    ConfigError naming the setting.
+    on a machine without CUDA. A step that cannot be graphed (an operation that waits for the host, say) is
+    NotGraphable, a ConfigError naming the setting.
     """
 
     def __init__(self, net: nn.Module, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -47,15 +57,17 @@ class TrainingGraph:
         self.graph: torch.cuda.CUDAGraph | None = None
         buffers = list(net.buffers())
         saved = [buffer.clone() for buffer in buffers]
+        current = torch.cuda.current_stream() if capture else None
         try:
             self._warm_up()
             for param in self.params:
                 param.grad = None  # the recorded backward allocates them in the graph's memory; replays write there
             self.loss, self.logits = self._record()
         except (RuntimeError, AssertionError) as error:
+            if current is not None:  # a capture_end that fails leaves the capture's stream current
+                torch.cuda.set_stream(current)
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-            raise ConfigError(f"cuda_graphs: true, but the training step could not be graphed ({reason}); set "
-                              "cuda_graphs: false") from error
+            raise NotGraphable(reason) from error
         finally:
             with torch.no_grad():
                 for buffer, value in zip(buffers, saved):

@@ -7,6 +7,8 @@ on-device augmentations and Normalize run here, on the training device, in `on_a
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
@@ -14,9 +16,11 @@ import torch
 
 from datasets.device_augment import DeviceAugmenter, device_augmentation_settings
 from models.arch_dict import build_architecture
-from models.cuda_graphs import TrainingGraph
+from models.cuda_graphs import NotGraphable, TrainingGraph
 from models.epoch_metrics import LossAndAccuracy
 from models.training_parts import CUDA_GRAPH_MODES, build_loss, build_optimizer, build_scheduler
+
+log = logging.getLogger("cars")
 
 
 class GraphBatch(NamedTuple):
@@ -45,6 +49,8 @@ class NetModule(pl.LightningModule):
         channels_last, compile, compile_mode, cuda_graphs: device speed options (compile_mode is torch.compile's
             `mode`; cuda_graphs replays each training batch's forward, loss and backward as one CUDA graph, see
             `models/cuda_graphs.py`).
+        graph_fallback: with cuda_graphs, a training step that cannot be graphed trains eagerly, with one warning,
+            instead of stopping (`cuda_graphs: auto`).
     """
 
     def __init__(self, architecture: str, num_classes: int, img_channels: int = 3, dropout: float = 0.2,
@@ -54,7 +60,7 @@ class NetModule(pl.LightningModule):
                  normalization: dict | None = None, device_augmentations: dict | None = None,
                  image_size: tuple[int, int] = (227, 227), class_names: list[str] | None = None,
                  channels_last: bool = False, compile: bool = False, compile_mode: str = "reduce-overhead",
-                 cuda_graphs: bool = False) -> None:
+                 cuda_graphs: bool = False, graph_fallback: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = build_architecture(architecture, num_classes=num_classes, img_channels=img_channels,
@@ -83,6 +89,7 @@ class NetModule(pl.LightningModule):
         # With cuda_graphs, made at the first training batch on a GPU (graphing needs a real batch's shape).
         self.__dict__["_graphed_step"] = None
         self.__dict__["_graphed_now"] = False  # whether the current training batch was a replay
+        self.__dict__["_graphed_off"] = False  # the step could not be graphed (graph_fallback): all batches eager
 
     def __getstate__(self) -> dict[str, Any]:
         # Compiled functions and CUDA graphs do not pickle (ddp_spawn pickles the module): they are made again.
@@ -94,8 +101,10 @@ class NetModule(pl.LightningModule):
         self._compile(self.hparams.compile, self.hparams.compile_mode)
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], num_classes: int, class_names: list[str]) -> NetModule:
-        """The module a config describes, for a dataset of `num_classes` classes."""
+    def from_config(cls, config: dict[str, Any], num_classes: int, class_names: list[str],
+                    graph_fallback: bool = False) -> NetModule:
+        """The module a config describes, for a dataset of `num_classes` classes (`graph_fallback`: see the class;
+        train.py sets it where `cuda_graphs: auto` was resolved to true)."""
         grayscale = config["convert_to_grayscale"]
         normalization = config["normalization_params_grayscale" if grayscale else "normalization_params_rgb"]
         return cls(
@@ -106,8 +115,9 @@ class NetModule(pl.LightningModule):
             lr_scheduler=config["lr_scheduler"], lr_scheduler_params=config["lr_scheduler_params"],
             normalization=normalization if config["normalize"] else None,
             device_augmentations=device_augmentation_settings(config), image_size=tuple(config["image_size"]),
-            class_names=class_names, channels_last=config["channels_last"], compile=config["compile"],
-            compile_mode=config["compile_mode"], cuda_graphs=config["cuda_graphs"],
+            class_names=class_names, channels_last=config["channels_last"] is True, compile=config["compile"],
+            compile_mode=config["compile_mode"], cuda_graphs=config["cuda_graphs"] is True,  # unresolved auto: off
+            graph_fallback=graph_fallback,
         )
 
     @property
@@ -124,8 +134,22 @@ class NetModule(pl.LightningModule):
         """The training step's CUDA graph for batches like this one: made at the first training batch; None for
         batches of another shape (the epoch's last, smaller one), which run eagerly."""
         if self._graphed_step is None:
-            self.__dict__["_graphed_step"] = TrainingGraph(self.net, self.loss, inputs, targets,
-                                                           forward=self._graphed_forward, capture=inputs[0].is_cuda)
+            started = time.perf_counter()
+            try:
+                graph = TrainingGraph(self.net, self.loss, inputs, targets, forward=self._graphed_forward,
+                                      capture=inputs[0].is_cuda)
+            except NotGraphable as error:
+                if not self.hparams.graph_fallback:
+                    raise
+                log.warning("cuda_graphs: auto, but the training step could not be graphed (%s): training with the "
+                            "eager step", error.reason)
+                self.__dict__["_graphed_off"] = True
+                return None
+            if inputs[0].is_cuda:
+                torch.cuda.synchronize(inputs[0].device)  # once: the warm-up passes' GPU work counts too
+            log.info("cuda_graphs: training step for batches of %d captured in %.2f s", len(targets),
+                     time.perf_counter() - started)
+            self.__dict__["_graphed_step"] = graph
         return self._graphed_step if self._graphed_step.matches(inputs, targets) else None
 
     def _graphed_forward(self, images: torch.Tensor, drawn: torch.Tensor | None = None) -> torch.Tensor:
@@ -157,7 +181,7 @@ class NetModule(pl.LightningModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, targets, *drawn = batch  # the train loader adds drawn parameters with gpu_augmentations
-        if self.trainer.training and self.hparams.cuda_graphs and _graphable(images):
+        if self.trainer.training and self.hparams.cuda_graphs and not self._graphed_off and _graphable(images):
             return GraphBatch(images, targets, drawn[0] if drawn else None)  # preprocessed in the training step
         if self._compiled_net is not None and self.hparams.compile_mode in CUDA_GRAPH_MODES:
             # CUDA graphs reuse their output memory on each replay: telling torch where a step begins lets it reuse

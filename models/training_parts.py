@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from models.device_options import CUDA_GRAPH_MODES, resolve_device_options
 from models.label_smoothing_ce import LabelSmoothingCrossEntropy
 from utils.configuration import unknown_name_message
 from utils.errors import ConfigError
@@ -74,18 +75,16 @@ def check_training_parts(config: dict[str, Any]) -> None:
 HARDWARE_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "precision", "sync_batchnorm")
 
 
-# torch.compile's modes that replay CUDA graphs (max-autotune does too, unlike max-autotune-no-cudagraphs).
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
-
-
-def check_hardware(config: dict[str, Any]) -> None:
+def check_hardware(config: dict[str, Any]) -> dict[str, Any]:
     """Settings the chosen hardware cannot run, reported before anything starts: Lightning's own checks of
-    accelerator, devices, strategy and precision run on a throwaway Trainer (it starts no process)."""
+    accelerator, devices, strategy and precision run on a throwaway Trainer (it starts no process). Returns the
+    config with the device options left at `auto` resolved for this hardware (`models/device_options.py`)."""
     import logging
 
     import pytorch_lightning as pl
+    from pytorch_lightning.accelerators import CUDAAccelerator
 
-    if config["cuda_graphs"]:
+    if config["cuda_graphs"] is True:
         if str(config["precision"]) not in ("32-true", "32"):
             raise ConfigError(f"cuda_graphs: true runs with precision 32-true only, got {config['precision']!r} "
                               "(autocast's cache cannot be captured in a CUDA graph)")
@@ -95,7 +94,7 @@ def check_hardware(config: dict[str, Any]) -> None:
     on_cpu = config["accelerator"] == "cpu" or (config["accelerator"] == "auto" and not torch.cuda.is_available())
     if config["sync_batchnorm"] and on_cpu:
         raise ConfigError("sync_batchnorm: true needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on the CPU)")
-    if config["cuda_graphs"] and (on_cpu or config["accelerator"] == "mps"):
+    if config["cuda_graphs"] is True and (on_cpu or config["accelerator"] == "mps"):
         raise ConfigError("cuda_graphs: true needs a CUDA GPU (set cuda_graphs: false to train on this machine)")
     lightning_log = logging.getLogger("pytorch_lightning")
     level = lightning_log.level
@@ -109,9 +108,13 @@ def check_hardware(config: dict[str, Any]) -> None:
         raise ConfigError(f"this machine cannot run {settings} ({reason})") from None
     finally:
         lightning_log.setLevel(level)
-    if config["cuda_graphs"] and trainer.world_size > 1:
+    if config["cuda_graphs"] is True and trainer.world_size > 1:
         raise ConfigError(f"cuda_graphs: true trains on one GPU; these settings start {trainer.world_size} "
                           "processes (set devices: 1, or cuda_graphs: false)")
+    one_cuda_gpu = isinstance(trainer.accelerator, CUDAAccelerator) and trainer.world_size == 1
+    name = type(trainer.accelerator).__name__.removesuffix("Accelerator")
+    hardware = "one CUDA GPU" if one_cuda_gpu else name if trainer.world_size == 1 else f"{trainer.world_size} {name} processes"
+    return resolve_device_options(config, one_cuda_gpu, hardware)
 
 
 def use_compile_cache(config: dict[str, Any]) -> None:

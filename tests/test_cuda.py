@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from models.net_module import NetModule
 from tests.helpers import ROOT, generated_prepared_data, run_train, tiny_config
@@ -65,15 +66,20 @@ def test_training_step_with_device_augmentations_never_synchronizes(drawn_by: st
 @pytest.mark.parametrize(("options", "train_per_class"), [
     ({"precision": "bf16-mixed"}, 8),
     ({"cuda_graphs": True}, 9),  # 36 images in batches of 8: the last, smaller one runs the network directly
-], ids=["bf16", "graphed"])
+    ({"channels_last": "auto", "gpu_augmentations": "auto", "cuda_graphs": "auto"}, 9),  # the defaults
+], ids=["bf16", "graphed", "auto"])
 def test_train_runs_on_the_gpu_with_channels_last_device_augmentations_and(tmp_path: Path, options: dict,
                                                                           train_per_class: int) -> None:
     data = generated_prepared_data(tmp_path / "data", classes=4, train_per_class=train_per_class, test_per_class=4)
-    config = tiny_config(tmp_path, data, accelerator="gpu", channels_last=True, gpu_augmentations=True,
-                         num_workers=2, **options)
+    settings = {"channels_last": True, "gpu_augmentations": True, **options}
+    config = tiny_config(tmp_path, data, accelerator="gpu", num_workers=2, **settings)
     result = run_train(["--config", str(config)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = next((tmp_path / "output").iterdir())
+    saved = yaml.safe_load((run_dir / "config.yml").read_text())
+    if "auto" in options.values():  # resolved for one GPU: all on, as written to the run's config.yml
+        assert [saved[key] for key in options] == [True] * 3
+        assert "captured in" in result.stdout + result.stderr
     metrics = pd.read_csv(run_dir / "metrics.csv")
     assert list(metrics["epoch"]) == [0, 1] and metrics["train_loss"].notna().all()
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
@@ -172,3 +178,44 @@ def test_graphed_training_steps_give_eager_losses_gradients_and_statistics() -> 
         assert (graphed_grad - grad).norm() <= 0.05 * grad.norm(), f"step {index}"
     for (name, buffer), graphed_buffer in zip(eager.net.named_buffers(), graphed.net.buffers()):
         torch.testing.assert_close(graphed_buffer, buffer, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_step_that_cannot_be_captured_trains_eagerly_under_auto(caplog) -> None:
+    """`cuda_graphs: auto` resolved to true (graph_fallback): a step that reads a value back cannot be captured; the
+    failed capture is one warning, and that batch and the later ones train eagerly on the GPU, with eager's losses,
+    gradients and batch norm statistics."""
+    import logging
+
+    config = validate({"image_size": [64, 64], "dropout": 0.0})
+    names = [str(i) for i in range(10)]
+    eager = NetModule.from_config(config, 10, names).cuda()
+    fallback = NetModule.from_config({**config, "cuda_graphs": True}, 10, names, graph_fallback=True).cuda()
+    fallback.load_state_dict(eager.state_dict())
+    recorded_forward = fallback._graphed_forward
+
+    def reads_back(images: torch.Tensor, drawn: torch.Tensor | None = None) -> torch.Tensor:
+        logits = recorded_forward(images, drawn)
+        return logits * (1 + 0 * float(logits.sum()))  # a read-back: fails a capture
+
+    fallback.__dict__["_graphed_forward"] = reads_back
+    # With dropout (the default 0.2), the failed capture involved the CUDA random generator: eager steps must
+    # still draw their masks after it.
+    with_dropout = NetModule.from_config({**config, "dropout": 0.2, "cuda_graphs": True}, 10, names,
+                                         graph_fallback=True).cuda()
+    with_dropout_forward = with_dropout._graphed_forward
+    with_dropout.__dict__["_graphed_forward"] = lambda images, drawn=None: with_dropout_forward(images, drawn) * (
+        1 + 0 * float(images.sum()))
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    a, b = [(torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8, device="cuda", generator=generator),
+             torch.randint(0, 10, (8,), device="cuda", generator=generator)) for _ in range(2)]
+    with caplog.at_level(logging.WARNING, logger="cars"):
+        steps = fixed_weight_steps({"eager": eager, "fallback": fallback, "dropout": with_dropout}, [a, b, a])
+    assert with_dropout._graphed_off and all(torch.isfinite(torch.tensor(loss)) for loss, _ in steps["dropout"])
+    assert fallback._graphed_off and fallback._graphed_step is None
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()  # the capture's side stream is left
+    assert "cuda_graphs: auto, but the training step could not be graphed" in caplog.text
+    for index, ((loss, grad), (fallback_loss, fallback_grad)) in enumerate(zip(steps["eager"], steps["fallback"])):
+        assert fallback_loss == pytest.approx(loss, rel=1e-5), f"step {index}"
+        assert (fallback_grad - grad).norm() <= 1e-3 * grad.norm(), f"step {index}"
+    for (name, buffer), fallback_buffer in zip(eager.net.named_buffers(), fallback.net.buffers()):
+        torch.testing.assert_close(fallback_buffer, buffer, rtol=1e-4, atol=1e-5, msg=name)

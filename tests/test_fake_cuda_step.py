@@ -110,3 +110,25 @@ def test_the_fake_device_finds_a_read_back_and_a_host_constant(fake_cuda, monkey
             pixels, shift + torch.zeros(len(shift))))
         with pytest.raises(Exception, match="found at least two devices, cuda:0 and cpu"):
             module.preprocess(images, train=True)
+
+
+def test_the_defaults_resolved_for_one_gpu_train_on_the_device_without_reading_back(fake_cuda) -> None:
+    """What `auto` turns on for one CUDA GPU with the C-50 defaults (device augmentations, channels_last, the step
+    as cuda_graphs records it) stays on the device: what a run with no flags trains with."""
+    from models.device_options import resolve_device_options
+
+    config = resolve_device_options(validate({"image_size": [SIZE, SIZE]}), True, "one CUDA GPU")
+    module = NetModule.from_config(config, 5, [str(i) for i in range(5)], graph_fallback=True)
+    assert (module.hparams.channels_last, module.hparams.cuda_graphs, module.augment is not None) == (True,) * 3
+    images = torch.randint(0, 256, (4, 3, SIZE, SIZE), dtype=torch.uint8)
+    targets = torch.tensor([0, 1, 2, 4])
+    drawn = DrawingCollate(module.augment)([(image, target) for image, target in zip(images, targets)])[2]
+    module.train()
+    _to_fake_cuda(module, fake_cuda)
+    with fake_cuda:
+        logits = module._graphed_forward(images.to(CUDA), drawn.to(CUDA))
+        loss = module.loss(logits, targets.to(CUDA))
+        assert logits.device == CUDA and logits.shape == (4, 5) and loss.device == CUDA
+        stem = next(param for param in module.net.parameters() if param.dim() == 4)
+        assert stem.device == CUDA and stem.is_contiguous(memory_format=torch.channels_last)
+        assert not stem.is_contiguous()

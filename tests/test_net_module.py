@@ -184,3 +184,38 @@ def test_a_training_step_that_cannot_be_graphed_is_one_config_error_and_keeps_it
         module.training_step(module.on_after_batch_transfer((images, torch.tensor([0, 1, 2, 3])), 0), 0)
     for name, buffer in module.net.named_buffers():
         torch.testing.assert_close(buffer, before[name])
+
+
+def test_cuda_graphs_auto_falls_back_to_eager_steps_with_one_warning_where_capture_fails(monkeypatch, caplog) -> None:
+    """`cuda_graphs: auto` resolved to true (graph_fallback): a step that cannot be graphed is tried once, said in
+    one warning line, and every batch then trains eagerly, as plain training does (the capture stood in for)."""
+    import logging
+
+    import models.cuda_graphs
+    import models.net_module
+
+    attempts = []
+
+    def fails(graph):  # noqa: ANN001, ANN202
+        attempts.append(1)
+        graph._pass()  # a pass moved the statistics before the capture failed
+        raise RuntimeError("operation not permitted when stream is capturing\nCUDA error details")
+
+    monkeypatch.setattr(models.cuda_graphs.TrainingGraph, "_record", fails)
+    monkeypatch.setattr(models.net_module, "_graphable", lambda images: True)
+    config = validate({"gpu_augmentations": True, "image_size": [32, 32], "dropout": 0.0})
+    names = [str(i) for i in range(5)]
+    torch.manual_seed(0)
+    fallback = NetModule.from_config({**config, "cuda_graphs": True}, 5, names, graph_fallback=True)
+    plain = NetModule.from_config(config, 5, names)
+    plain.load_state_dict(fallback.state_dict())
+    with caplog.at_level(logging.WARNING, logger="cars"):
+        trainers = {"fallback": _fit(fallback), "plain": _fit(plain)}
+    assert attempts == [1]
+    assert [record.getMessage() for record in caplog.records if record.name == "cars"] == [
+        "cuda_graphs: auto, but the training step could not be graphed (operation not permitted when stream is "
+        "capturing): training with the eager step"]
+    for (name, value), fallback_value in zip(plain.state_dict().items(), fallback.state_dict().values()):
+        torch.testing.assert_close(fallback_value, value, rtol=1e-5, atol=1e-6, msg=name)
+    torch.testing.assert_close(trainers["fallback"].callback_metrics["train_loss"],
+                               trainers["plain"].callback_metrics["train_loss"], rtol=1e-5, atol=1e-6)

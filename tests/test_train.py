@@ -32,6 +32,10 @@ def test_training_writes_the_run_folder_contract_and_drops_lr_at_milestones(data
 
     saved = yaml.safe_load((run_dir / "config.yml").read_text())
     assert saved["neptune_api_token"] == "***" and saved["num_epochs"] == 3
+    # the device options' `auto` defaults, resolved for this CPU run: written as they trained, and logged
+    assert [saved[key] for key in ("gpu_augmentations", "channels_last", "cuda_graphs")] == [False] * 3
+    assert "auto device options for CPU: gpu_augmentations: false, channels_last: false, cuda_graphs: false" in (
+        result.stdout + result.stderr)
     metrics = pd.read_csv(run_dir / "metrics.csv")
     assert list(metrics.columns) == METRIC_COLUMNS
     assert list(metrics["epoch"]) == [0, 1, 2]

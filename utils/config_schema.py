@@ -50,6 +50,7 @@ class Kind:
 
 
 BOOL = Kind(lambda v: isinstance(v, bool), "true or false")
+AUTO_BOOL = Kind(lambda v: isinstance(v, bool) or v == "auto", "true, false or auto")
 STR = Kind(lambda v: isinstance(v, str), "a string")
 NAME = Kind(lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*", v) is not None,
             "a folder name (letters, digits, _ . + -, no /)")
@@ -195,7 +196,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("strategy", "hardware", "auto", STR, "Lightning strategy: auto, ddp, ddp_spawn, ..."),
     Key("sync_batchnorm", "hardware", False, BOOL, "Synchronise BatchNorm statistics across DDP processes."),
     Key("precision", "hardware", "32-true", PRECISION, "Lightning precision, e.g. 32-true or bf16-mixed."),
-    Key("channels_last", "hardware", False, BOOL, "Use the channels_last memory format (faster convs on GPUs)."),
+    Key("channels_last", "hardware", "auto", AUTO_BOOL, "Use the channels_last memory format (faster convs on GPUs); "
+        "auto = on for a run on one CUDA GPU, off otherwise."),
     Key("compile", "hardware", False, BOOL, "Compile the network and the on-device preprocessing (conversion, "
         "augmentations, Normalize) with torch.compile."),
     Key("compile_mode", "hardware", "reduce-overhead", STR, "torch.compile's mode when compile is true: "
@@ -207,11 +209,14 @@ SCHEMA: tuple[Key, ...] = (
         "folder. In a folder that outlives the machine (on Colab, one on Drive), a later run on a machine of the same "
         "kind, with the same torch, finds it (on an H100 the first epoch took 129 s with empty caches, 52 s with "
         "caches warm from an earlier run on that machine).", nullable=True),
-    Key("cuda_graphs", "hardware", False, BOOL, "Replay each training batch's on-device preprocessing, forward, "
+    Key("cuda_graphs", "hardware", "auto", AUTO_BOOL, "Replay each training batch's on-device preprocessing, forward, "
         "loss and backward as one CUDA graph (torch.cuda.graph), captured at the first training batch: less host "
         "time per step for a small network on a GPU; the optimizer step stays eager. Batches of other sizes, "
         "validation and inference run eagerly. One CUDA GPU, precision 32-true; with compile, compile_mode default. "
-        "The fastest setting measured on an H100: C-50 projected at 9.0 min from real epochs with compile off."),
+        "The fastest setting measured on an H100: C-50 projected at 9.0 min from real epochs with compile off. "
+        "auto = on for a run on one CUDA GPU with precision 32-true (and no compile_mode that replays graphs "
+        "itself), off otherwise; a step that cannot be graphed then trains eagerly, with a warning, where true "
+        "stops with an error."),
     Key("async_checkpoints", "hardware", True, BOOL, "Write checkpoints from a background thread while the next "
         "epoch trains (Lightning's AsyncCheckpointIO; the weights are copied first). A run waits for the writing "
         "before it ends, however it ends."),
@@ -223,8 +228,10 @@ SCHEMA: tuple[Key, ...] = (
     Key("prefetch_factor", "data_loading", 2, POS_INT, "Batches loaded in advance by each worker."),
     Key("cache_images", "data_loading", True, BOOL,
         "Cache the decoded, resized uint8 images once, so each epoch only runs the random augmentations."),
-    Key("gpu_augmentations", "data_loading", False, BOOL,
-        "Run the augmentations on the training device, with per-sample random parameters."),
+    Key("gpu_augmentations", "data_loading", "auto", AUTO_BOOL,
+        "Run the augmentations on the training device, with per-sample random parameters (pixels differ slightly "
+        "from the workers' PIL path; see documentation/device_augmentations.md). auto = on for a run on one CUDA "
+        "GPU when every configured augmentation runs there, off otherwise (false: always in the workers)."),
     Key("skip_corrupt_images", "data_loading", False, BOOL,
         "Skip images that do not decode (with a warning, counted in summary.json) instead of failing."),
 )
