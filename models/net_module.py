@@ -36,6 +36,9 @@ class NetModule(pl.LightningModule):
         num_classes: number of network outputs.
         img_channels: 1 (grayscale) or 3.
         dropout, output_channels: GhostNet's head (ignored by other architectures).
+        se_gate: GhostNet's squeeze-excite gate, "clamp" or "hard_sigmoid". The default is the hard-sigmoid because
+            checkpoints written before the key existed were trained with it; `from_config` passes the config's
+            value (the 2020 runs' clamp by default).
         loss_function, loss_params: LabelSmoothingCrossEntropy or a torch.nn loss, with its keyword arguments.
         optimizer, optimizer_params: a torch.optim class name and its keyword arguments.
         lr_scheduler, lr_scheduler_params: a torch.optim.lr_scheduler class name (or None) and its arguments.
@@ -54,11 +57,11 @@ class NetModule(pl.LightningModule):
                  normalization: dict | None = None, device_augmentations: dict | None = None,
                  image_size: tuple[int, int] = (227, 227), class_names: list[str] | None = None,
                  channels_last: bool = False, compile: bool = False, compile_mode: str = "reduce-overhead",
-                 cuda_graphs: bool = False) -> None:
+                 cuda_graphs: bool = False, se_gate: str = "hard_sigmoid") -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = build_architecture(architecture, num_classes=num_classes, img_channels=img_channels,
-                                      dropout=dropout, output_channels=output_channels)
+                                      dropout=dropout, output_channels=output_channels, se_gate=se_gate)
         self.loss = build_loss(loss_function, loss_params)
         if normalization is not None:
             # Normalize's (x - mean) / std as x * scale + shift: one kernel instead of two.
@@ -107,7 +110,7 @@ class NetModule(pl.LightningModule):
             normalization=normalization if config["normalize"] else None,
             device_augmentations=device_augmentation_settings(config), image_size=tuple(config["image_size"]),
             class_names=class_names, channels_last=config["channels_last"], compile=config["compile"],
-            compile_mode=config["compile_mode"], cuda_graphs=config["cuda_graphs"],
+            compile_mode=config["compile_mode"], cuda_graphs=config["cuda_graphs"], se_gate=config["se_gate"],
         )
 
     @property
