@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
 import torch
+from torchmetrics.classification import MulticlassAccuracy
 
 from datasets.device_augment import DeviceAugmenter, device_augmentation_settings
 from models.arch_dict import build_architecture
@@ -76,6 +77,11 @@ class NetModule(pl.LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last)
         self._compile(compile, compile_mode)
         self.metrics = torch.nn.ModuleDict({f"{stage}_metrics": LossAndAccuracy() for stage in ("train", "valid")})
+        # The test split, evaluated once at the end when validation is held out from train (validation_split).
+        self.test_metrics = torch.nn.ModuleDict({
+            "test_acc": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+            "test_top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+        })
 
     def _compile(self, compile: bool, mode: str) -> None:
         # Stored around nn.Module's attribute registration: as a submodule, the compiled wrapper would put a second
@@ -201,6 +207,17 @@ class NetModule(pl.LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, "valid")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        images, targets = batch
+        logits = self(images)
+        for metric in self.test_metrics.values():
+            metric.update(logits, targets)
+
+    def on_test_epoch_end(self) -> None:
+        for name, metric in self.test_metrics.items():
+            self.log(name, metric.compute())  # synced across DDP ranks
+            metric.reset()
 
     def on_train_epoch_start(self) -> None:
         # The learning rate used during this epoch (after the previous epoch's scheduler step), as in 2020's logs.

@@ -133,8 +133,9 @@ class MlflowRunLogger(MLFlowLogger):
             return
         client, run_id = self.experiment, self.run_id
         numbers = {k: v for k, v in summary.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k.startswith(("min_", "max_"))}
-        for key in ("best_epoch", "epochs_run"):
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and k.startswith(("min_", "max_", "best_checkpoint_", "test_"))}
+        for key in ("epochs_run",):
             if isinstance(summary.get(key), int):
                 numbers[key] = summary[key]
         now = int(time.time() * 1000)
