@@ -293,3 +293,21 @@ def test_held_out_validation_split_keeps_the_test_split_for_one_final_evaluation
     assert caches == ["test", "train", "train"]
     assert "validated on 0.25 of the training images, held out" in result.stdout
     assert "test_acc" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_resumed_run_holds_out_the_same_images_and_ends_with_the_test_evaluation(data: Path, tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, data, validation_split=0.25, num_epochs=1, run_name="held", seed=3)
+    first = run_train(["--config", str(config)], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    run_dir = tmp_path / "output" / "held"
+    before = json.loads((run_dir / "summary.json").read_text())
+    resumed = run_train(["--config", str(config), "--resume", "auto", "--set", "num_epochs=2"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert metrics["epoch"].tolist() == [0, 1] and summary["epochs_run"] == 2
+    # the same 3 held-out images: the first epoch's validation is what the first session validated on
+    assert metrics["valid_acc"].iloc[0] == pytest.approx(before["max_valid_acc"])
+    assert summary["best_checkpoint_epoch"] in (0, 1) and 0 <= summary["test_acc"] <= 1
+    assert "best.ckpt on the test split" in resumed.stdout
