@@ -15,7 +15,7 @@ from tests.helpers import ROOT, generated_prepared_data, run_module, tiny_config
 from utils.configuration import defaults, load_config
 from utils.run_params import run_params
 from utils.summary import main as summary_main
-from utils.summary import summary_table, to_markdown
+from utils.summary import COLUMNS, summary_table, to_markdown
 
 THESIS_CONFIGS = ROOT / "configs" / "thesis"
 # The IDs of the thesis's §4.2 table.
@@ -127,5 +127,7 @@ def test_series_goes_on_after_a_failed_run_and_the_summary_lists_the_runs(tmp_pa
     assert table.returncode == 0, table.stderr
     rows = table.stdout.splitlines()[2:]
     assert len(rows) == 2 and {row.split(" | ")[1] for row in rows} == {"C-2", "C-3"}
-    accuracies = [float(row.split(" | ")[-1].rstrip(" |%")) for row in rows]
+    column = COLUMNS.index("max_valid_acc")  # the first cell keeps the row's leading "| "
+    accuracies = [float(row.split(" | ")[column].rstrip(" |%")) for row in rows]
+    assert {row.split(" | ")[-1] for row in rows} == {"test split |"}
     assert accuracies == sorted(accuracies, reverse=True)

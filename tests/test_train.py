@@ -50,6 +50,7 @@ def test_training_writes_the_run_folder_contract_and_drops_lr_at_milestones(data
     best_epoch = int(metrics.loc[metrics["valid_loss"].idxmin(), "epoch"])
     best = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     assert summary["best_checkpoint_epoch"] == best["epoch"] == best_epoch
+    assert best["hyper_parameters"]["se_gate"] == "clamp"  # the 2020 runs' GhostNet by default
     assert summary["best_checkpoint_valid_loss"] == pytest.approx(metrics["valid_loss"].min())
     assert summary["best_checkpoint_valid_acc"] == pytest.approx(metrics["valid_acc"][best_epoch])
     assert summary["max_valid_acc_epoch"] == int(metrics.loc[metrics["valid_acc"].idxmax(), "epoch"])
@@ -273,7 +274,8 @@ def test_checkpoints_are_written_by_a_thread_and_complete_when_train_returns(dat
 def test_held_out_validation_split_keeps_the_test_split_for_one_final_evaluation(data: Path, tmp_path: Path) -> None:
     from tests.helpers import run_module
 
-    config = tiny_config(tmp_path, data, validation_split=0.25, checkpoint_monitor="valid_acc", cache_images=True)
+    config = tiny_config(tmp_path, data, validation_split=0.25, checkpoint_monitor="valid_acc", cache_images=True,
+                         se_gate="hard_sigmoid")
     result = run_train(["--config", str(config)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     run_dir = next((tmp_path / "output").iterdir())
@@ -283,6 +285,8 @@ def test_held_out_validation_split_keeps_the_test_split_for_one_final_evaluation
     assert summary["best_checkpoint_epoch"] == summary["max_valid_acc_epoch"] == int(metrics["valid_acc"].idxmax())
     assert summary["validation_split"] == 0.25 and 0 <= summary["test_acc"] <= 1
     assert summary["test_top5"] == 1.0  # top-3 of 3 classes
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert best["hyper_parameters"]["se_gate"] == "hard_sigmoid"
     # the test split was evaluated on best.ckpt: models.evaluate on it gives the same accuracy
     evaluation = run_module("models.evaluate", ["--checkpoint", str(run_dir / "checkpoints" / "best.ckpt")])
     assert evaluation.returncode == 0, evaluation.stderr
