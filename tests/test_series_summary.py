@@ -14,8 +14,8 @@ from models.training_parts import build_optimizer, build_scheduler, check_traini
 from tests.helpers import ROOT, generated_prepared_data, run_module, tiny_config
 from utils.configuration import defaults, load_config
 from utils.run_params import run_params
-from utils.summary import main as summary_main
 from utils.summary import COLUMNS, summary_table, to_markdown
+from utils.summary import main as summary_main
 
 THESIS_CONFIGS = ROOT / "configs" / "thesis"
 # The IDs of the thesis's §4.2 table.
