@@ -63,7 +63,15 @@ def train(config: dict[str, Any], resume: str | None = None, callbacks: list | N
     from models.training_parts import check_hardware, check_training_parts, early_stopping_patience, use_compile_cache
     from utils.plots import write_plots
     from utils.resilience import GracefulInterrupt, RngStateCheckpoint, find_resume_checkpoint
-    from utils.run_outputs import MetricsCsvWriter, epochs_done, read_summary, remove_unused_run_dir, write_summary
+    from utils.run_outputs import (
+        MetricsCsvWriter,
+        checkpoint_epoch,
+        epochs_done,
+        read_summary,
+        remove_unused_run_dir,
+        result_line,
+        write_summary,
+    )
     from utils.trackers import build_loggers, check_tracker_config, finalize_trackers
 
     # Known, harmless notices of the libraries, printed at every run.
@@ -92,8 +100,9 @@ def train(config: dict[str, Any], resume: str | None = None, callbacks: list | N
             remove_unused_run_dir(run_dir)
         raise
     early_stopping = EarlyStopping(monitor="valid_loss", mode="min", patience=early_stopping_patience(config))
-    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="valid_loss", mode="min",
-                           save_top_k=1, enable_version_counter=False)
+    monitor = config["checkpoint_monitor"]
+    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
+                           mode="max" if monitor == "valid_acc" else "min", save_top_k=1, enable_version_counter=False)
     # Lightning's save_last only refreshes last.ckpt when the best one changes; resuming needs every epoch's.
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
                            enable_version_counter=False)
@@ -110,12 +119,22 @@ def train(config: dict[str, Any], resume: str | None = None, callbacks: list | N
         plugins=[AsyncCheckpointIO()] if config["async_checkpoints"] else None,
     )
     interrupt.install(trainer)
+    if trainer.world_size > 1 and rank_zero_only.rank == 0:
+        log.info("%d processes train with batch_size %d each: %d images per optimizer step", trainer.world_size,
+                 config["batch_size"], trainer.world_size * config["batch_size"])
     # a resumed run's wall time includes the sessions before (their summary.json says how long they ran)
     earlier_s = float(read_summary(run_dir).get("wall_time_s") or 0) if checkpoint is not None else 0.0
     started = time.monotonic()
     status = "interrupted"
+    test_metrics: dict[str, float] = {}
+    best_path = run_dir / "checkpoints" / "best.ckpt"
     try:
         trainer.fit(model, datamodule=data, ckpt_path=checkpoint)
+        if not data.validates_on_test and best.best_model_path:
+            # Validation was held out from train: the test split is touched once, by the chosen checkpoint. The
+            # callback's path, not a look at the folder: every DDP rank must agree to run the test.
+            results = trainer.test(model, datamodule=data, ckpt_path=best.best_model_path, verbose=False)
+            test_metrics = {name: float(value) for name, value in (results[0] if results else {}).items()}
         status = "finished"
     except (SystemExit, KeyboardInterrupt):
         # Lightning turns a stop request into SystemExit after shutting down cleanly.
@@ -134,7 +153,10 @@ def train(config: dict[str, Any], resume: str | None = None, callbacks: list | N
             elif status == "finished" and epochs_done(run_dir / "metrics.csv") < config["num_epochs"]:
                 status = "early_stopped"
             write_plots(run_dir / "metrics.csv", run_dir / "plots", title=run_dir.name)
-            summary = write_summary(run_dir, {
+            summary = write_summary(run_dir, checkpoint_epoch(best_path), {
+                "validation_split": config["validation_split"],
+                "checkpoint_monitor": monitor,
+                **test_metrics,
                 "early_stopped": status == "early_stopped",
                 "num_params": model.num_params,
                 "architecture": type(model.net).__name__,
@@ -144,9 +166,7 @@ def train(config: dict[str, Any], resume: str | None = None, callbacks: list | N
             })
             finalize_trackers(loggers, run_dir, summary, status)
             if summary["max_valid_acc"] is not None:
-                log.info("%s after %d epochs: best valid_acc %.2f %%, min valid_loss %.4f (epoch %d)", status,
-                         summary["epochs_run"], 100 * summary["max_valid_acc"], summary["min_valid_loss"],
-                         summary["best_epoch"])
+                log.info("%s after %d epochs: %s", status, summary["epochs_run"], result_line(summary))
     if status == "interrupted":
         last = run_dir / "checkpoints" / "last.ckpt"
         if last.is_file():

@@ -74,6 +74,20 @@ def check_folder_matches(labels: pd.DataFrame, image_dir: Path) -> None:
         raise DataError(f"{image_dir} and its labels CSV are out of step: " + "; ".join(parts))
 
 
+def hold_out(labels: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a label table into (kept, held out): round(fraction x images) of each class held out, drawn with
+    `seed`, at least one image of each class kept. The same table, fraction and seed give the same split on every
+    machine and in every process (DDP ranks, a resumed run)."""
+    generator = np.random.default_rng(seed)
+    held: list[int] = []
+    for _, rows in sorted(labels.groupby("class").groups.items()):
+        rows = np.sort(np.asarray(rows))
+        count = min(int(round(fraction * len(rows))), len(rows) - 1)
+        held.extend(generator.permutation(rows)[:count].tolist())
+    mask = labels.index.isin(held)
+    return labels[~mask].reset_index(drop=True), labels[mask].reset_index(drop=True)
+
+
 class StanfordCarsDataset(Dataset):
     """One split. Items are (uint8 tensor (C, H, W) — float in [0, 1] when tensor augmentations run —, label).
 

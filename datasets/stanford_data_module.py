@@ -1,4 +1,8 @@
-"""LightningDataModule over the prepared Stanford Cars folders (validation uses the test split, as in the thesis)."""
+"""LightningDataModule over the prepared Stanford Cars folders.
+
+Validation uses the test split by default, as in the thesis; `validation_split: <fraction>` holds out a seeded,
+class-stratified share of the training images instead, and the test split becomes the test loader (evaluated once).
+"""
 
 from __future__ import annotations
 
@@ -17,8 +21,10 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from datasets import image_cache
 from datasets.device_augment import DeviceAugmenter, DrawingCollate, device_augmentation_settings
-from datasets.stanford_data import BBOX_COLUMNS, StanfordCarsDataset, check_folder_matches, read_labels, require_bboxes
+from datasets.stanford_data import (BBOX_COLUMNS, StanfordCarsDataset, check_folder_matches, hold_out, read_labels,
+                                   require_bboxes)
 from datasets.transforms import PrefixSettings, build_v2_pipeline
+from utils.errors import ConfigError
 
 log = logging.getLogger("cars")
 
@@ -37,10 +43,12 @@ def default_num_workers() -> int:
 
 
 class StanfordCarsDataModule(pl.LightningDataModule):
-    """Train and validation loaders for one config.
+    """Train, validation and (with a held-out validation split) test loaders for one config.
 
     The labels are read at construction, so `num_classes`, `class_names` and `img_channels` are known before the
-    model is built; images and the cache are touched in `setup`, which every DDP rank calls.
+    model is built; images and the cache are touched in `setup`, which every DDP rank calls. `parts` maps each
+    stage ("train", "valid", "test") to its image folder and label rows; with `validation_split: test` the
+    validation and test datasets are one object.
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -59,6 +67,18 @@ class StanfordCarsDataModule(pl.LightningDataModule):
                                     config["crop_to_bboxes"] and config["erase_background"]),
             "test": PrefixSettings(size, config["convert_to_grayscale"], False, False),
         }
+        self.parts: dict[str, tuple[str, pd.DataFrame]] = {
+            "train": ("train", self.labels["train"]), "valid": ("test", self.labels["test"]),
+            "test": ("test", self.labels["test"])}
+        if config["validation_split"] != "test":
+            kept, held = hold_out(self.labels["train"], config["validation_split"], config["seed"] or 0)
+            if held.empty:
+                raise ConfigError(f"validation_split {config['validation_split']} holds out no training image "
+                                  f"({len(kept)} images in {kept['class'].nunique()} classes): use a larger fraction")
+            self.parts.update(train=("train", kept), valid=("train", held))
+            log.info("validation: %d training images held out (validation_split %s); the test split's %d images "
+                     "are evaluated once, on best.ckpt", len(held), config["validation_split"],
+                     len(self.labels["test"]))
         on_cpu_workers = config["gpu_augmentations"] is not True  # an unresolved `auto` counts as off
         self.image_augment = (build_v2_pipeline(config["image_augmentations"], "image_augmentations")
                               if config["augment_images"] and on_cpu_workers else None)
@@ -92,18 +112,23 @@ class StanfordCarsDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        for split in ("train", "test"):
-            labels = self.labels[split]
+        for part, (folder, labels) in self.parts.items():
+            if part == "test" and self.validates_on_test:
+                self.datasets["test"] = self.datasets["valid"]
+                continue
+            train = part == "train"
+            # Validation and test images get the test split's preprocessing: no bbox crop, no augmentation.
+            prefix = self.prefix["train" if train else "test"]
             cache = None
             if self.config["cache_images"]:
                 cache_dir = Path(self.config["cache_dir"] or self.data_path / ".cache")
                 bboxes = [tuple(int(v) for v in row) for row in labels[BBOX_COLUMNS].to_numpy()]
+                # keyed by the file list too: a held-out share and the rest of train get caches of their own
                 cache = image_cache.open_or_build(
-                    cache_dir, split, self.data_path / split, list(labels["image_fname"]), bboxes,
-                    self.prefix[split], max(self.num_workers, 1), self.config["skip_corrupt_images"])
-            train = split == "train"
-            self.datasets[split] = StanfordCarsDataset(
-                self.data_path, split, self.prefix[split],
+                    cache_dir, folder, self.data_path / folder, list(labels["image_fname"]), bboxes,
+                    prefix, max(self.num_workers, 1), self.config["skip_corrupt_images"])
+            self.datasets[part] = StanfordCarsDataset(
+                self.data_path, folder, prefix,
                 image_augment=self.image_augment if train else None,
                 tensor_augment=self.tensor_augment if train else None,
                 cache=cache, labels=labels)
@@ -111,7 +136,12 @@ class StanfordCarsDataModule(pl.LightningDataModule):
     @property
     def skipped_images(self) -> int:
         """Images left out because they do not decode (skip_corrupt_images)."""
-        return sum(dataset.skipped for dataset in self.datasets.values())
+        return sum(dataset.skipped for dataset in {id(d): d for d in self.datasets.values()}.values())
+
+    @property
+    def validates_on_test(self) -> bool:
+        """Whether validation runs on the test split (the thesis's choice) rather than on held-out training images."""
+        return self.config["validation_split"] == "test"
 
     def batch_size(self, split: str) -> int:
         """The training batch size, or the validation one (`valid_batch_size`, null = 4 x batch_size)."""
@@ -165,4 +195,7 @@ class StanfordCarsDataModule(pl.LightningDataModule):
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)

@@ -1,7 +1,7 @@
 """The architecture registry: the 2020 project's 26 names, each mapped to a from-scratch constructor.
 
-Every constructor takes `num_classes=` and `img_channels=` keywords (GhostNet's also `dropout=` and
-`out_channels=`). torchvision supplies the architectures it has (weights=None: no pretrained weights); SqueezeNext,
+Every constructor takes `num_classes=` and `img_channels=` keywords (GhostNet's also `dropout=`, `out_channels=`
+and `se_gate=`). torchvision supplies the architectures it has (weights=None: no pretrained weights); SqueezeNext,
 HarDNet and GhostNet are written in `models/architectures/`.
 """
 
@@ -76,9 +76,11 @@ def _torchvision(builder: Callable[..., nn.Module], num_classes: int = 1000, img
 
 
 def _ghostnet(
-    num_classes: int = 1000, img_channels: int = 3, dropout: float = 0.2, out_channels: int = 1280
+    num_classes: int = 1000, img_channels: int = 3, dropout: float = 0.2, out_channels: int = 1280,
+    se_gate: str = "clamp",
 ) -> nn.Module:
-    return GhostNet(num_classes=num_classes, img_channels=img_channels, dropout=dropout, out_channels=out_channels)
+    return GhostNet(num_classes=num_classes, img_channels=img_channels, dropout=dropout, out_channels=out_channels,
+                    se_gate=se_gate)
 
 
 def get_architectures_dictionary() -> dict[str, Callable[..., nn.Module]]:
@@ -111,14 +113,16 @@ def check_architecture(name: str) -> None:
 
 
 def build_architecture(
-    name: str, num_classes: int, img_channels: int, dropout: float, output_channels: int
+    name: str, num_classes: int, img_channels: int, dropout: float, output_channels: int, se_gate: str = "clamp"
 ) -> nn.Module:
-    """Build architecture `name` from scratch; `dropout` and `output_channels` apply to GhostNet only (thesis §3.3)."""
+    """Build architecture `name` from scratch; `dropout`, `output_channels` (thesis §3.3) and `se_gate` apply to
+    GhostNet only."""
     check_architecture(name)
     constructor = get_architectures_dictionary()[name]
     if name == "ghost":
         return constructor(
-            num_classes=num_classes, img_channels=img_channels, dropout=dropout, out_channels=output_channels
+            num_classes=num_classes, img_channels=img_channels, dropout=dropout, out_channels=output_channels,
+            se_gate=se_gate,
         )
     return constructor(num_classes=num_classes, img_channels=img_channels)
 

@@ -5,7 +5,9 @@
 The data path defaults to `stanford_data_path` in the run's `config.yml` (`<run>/config.yml` beside
 `<run>/checkpoints/`); the output folder to `<run>/evaluation/`. It receives `per_class_accuracy.csv`,
 `predictions.csv` (one row per test image), `confusion_matrix.png` and `metrics.json`. Images are preprocessed as in
-training's validation (`models/inference.py`), so the accuracy equals the run's final `valid_acc` for that checkpoint.
+training's validation (`models/inference.py`). For `best.ckpt` of a run validated on the test split (the default) the
+top-1 accuracy equals summary.json's `best_checkpoint_valid_acc` (the epoch the checkpoint holds is printed); with a
+held-out validation split (`validation_split: 0.1`) it equals `test_acc`.
 """
 
 from __future__ import annotations
@@ -151,7 +153,8 @@ def plot_confusion_matrix(confusion: torch.Tensor, names: list[str], path: Path,
     plt.close(fig)
 
 
-def write_outputs(result: Evaluation, output_dir: Path, checkpoint: Path, data_path: Path) -> None:
+def write_outputs(result: Evaluation, output_dir: Path, checkpoint: Path, data_path: Path,
+                  epoch: int | None = None) -> None:
     """per_class_accuracy.csv, predictions.csv, confusion_matrix.png and metrics.json in `output_dir`."""
     output_dir.mkdir(parents=True, exist_ok=True)
     result.per_class.to_csv(output_dir / "per_class_accuracy.csv", index=False, float_format="%.6g")
@@ -159,7 +162,8 @@ def write_outputs(result: Evaluation, output_dir: Path, checkpoint: Path, data_p
     title = f"{checkpoint.resolve().parent.parent.name}: top-1 {result.top1:.2%} on {len(result.predictions)} images"
     plot_confusion_matrix(result.confusion, list(result.per_class["class_name"]), output_dir / "confusion_matrix.png",
                           title)
-    metrics = {"checkpoint": str(checkpoint), "data_path": str(data_path), "images": len(result.predictions),
+    metrics = {"checkpoint": str(checkpoint), "checkpoint_epoch": epoch, "data_path": str(data_path),
+               "images": len(result.predictions),
                "top1_accuracy": result.top1, f"top{result.k}_accuracy": result.topk}
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
@@ -177,15 +181,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     from models.inference import load_module
+    from utils.run_outputs import checkpoint_epoch
 
     args = parse_args(argv)
     checkpoint = Path(args.checkpoint)
     module = load_module(checkpoint)
+    epoch = checkpoint_epoch(checkpoint)
     data_path = Path(args.data_path) if args.data_path else default_data_path(checkpoint)
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(checkpoint)
     result = evaluate(module, data_path, args.batch_size, args.num_workers)
-    write_outputs(result, output_dir, checkpoint, data_path)
+    write_outputs(result, output_dir, checkpoint, data_path, epoch)
     images = len(result.predictions)
+    print(f"checkpoint: {checkpoint} (weights of epoch {epoch}, counted from 0 as in metrics.csv)"
+          if epoch is not None else f"checkpoint: {checkpoint}")
     print(f"test images: {images} ({data_path})")
     print(f"top-1 accuracy: {result.top1:.2%}")
     print(f"top-{result.k} accuracy: {result.topk:.2%}")

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
 import torch
+from torchmetrics.classification import MulticlassAccuracy
 
 from datasets.device_augment import DeviceAugmenter, device_augmentation_settings
 from models.arch_dict import build_architecture
@@ -40,6 +41,9 @@ class NetModule(pl.LightningModule):
         num_classes: number of network outputs.
         img_channels: 1 (grayscale) or 3.
         dropout, output_channels: GhostNet's head (ignored by other architectures).
+        se_gate: GhostNet's squeeze-excite gate, "clamp" or "hard_sigmoid". The default is the hard-sigmoid because
+            checkpoints written before the key existed were trained with it; `from_config` passes the config's
+            value (the 2020 runs' clamp by default).
         loss_function, loss_params: LabelSmoothingCrossEntropy or a torch.nn loss, with its keyword arguments.
         optimizer, optimizer_params: a torch.optim class name and its keyword arguments.
         lr_scheduler, lr_scheduler_params: a torch.optim.lr_scheduler class name (or None) and its arguments.
@@ -60,11 +64,11 @@ class NetModule(pl.LightningModule):
                  normalization: dict | None = None, device_augmentations: dict | None = None,
                  image_size: tuple[int, int] = (227, 227), class_names: list[str] | None = None,
                  channels_last: bool = False, compile: bool = False, compile_mode: str = "reduce-overhead",
-                 cuda_graphs: bool = False, graph_fallback: bool = False) -> None:
+                 cuda_graphs: bool = False, graph_fallback: bool = False, se_gate: str = "hard_sigmoid") -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = build_architecture(architecture, num_classes=num_classes, img_channels=img_channels,
-                                      dropout=dropout, output_channels=output_channels)
+                                      dropout=dropout, output_channels=output_channels, se_gate=se_gate)
         self.loss = build_loss(loss_function, loss_params)
         if normalization is not None:
             # Normalize's (x - mean) / std as x * scale + shift: one kernel instead of two.
@@ -79,6 +83,11 @@ class NetModule(pl.LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last)
         self._compile(compile, compile_mode)
         self.metrics = torch.nn.ModuleDict({f"{stage}_metrics": LossAndAccuracy() for stage in ("train", "valid")})
+        # The test split, evaluated once at the end when validation is held out from train (validation_split).
+        self.test_metrics = torch.nn.ModuleDict({
+            "test_acc": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+            "test_top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+        })
 
     def _compile(self, compile: bool, mode: str) -> None:
         # Stored around nn.Module's attribute registration: as a submodule, the compiled wrapper would put a second
@@ -117,7 +126,7 @@ class NetModule(pl.LightningModule):
             device_augmentations=device_augmentation_settings(config), image_size=tuple(config["image_size"]),
             class_names=class_names, channels_last=config["channels_last"] is True, compile=config["compile"],
             compile_mode=config["compile_mode"], cuda_graphs=config["cuda_graphs"] is True,  # unresolved auto: off
-            graph_fallback=graph_fallback,
+            graph_fallback=graph_fallback, se_gate=config["se_gate"],
         )
 
     @property
@@ -222,6 +231,17 @@ class NetModule(pl.LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, "valid")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        images, targets = batch
+        logits = self(images)
+        for metric in self.test_metrics.values():
+            metric.update(logits, targets)
+
+    def on_test_epoch_end(self) -> None:
+        for name, metric in self.test_metrics.items():
+            self.log(name, metric.compute())  # synced across DDP ranks
+            metric.reset()
 
     def on_train_epoch_start(self) -> None:
         # The learning rate used during this epoch (after the previous epoch's scheduler step), as in 2020's logs.

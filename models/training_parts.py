@@ -192,9 +192,11 @@ def build_scheduler(name: str | None, params: dict[str, Any] | None,
 
 
 def early_stopping_patience(config: dict[str, Any]) -> int:
-    """The configured patience, or the thesis's rule: 15 epochs, or 3x ReduceLROnPlateau's patience."""
+    """The configured patience, or the 2020 rule: 3x ReduceLROnPlateau's patience when the config gives one, else
+    15 epochs (also for ReduceLROnPlateau without a `patience` key: 2020 did not fall back on PyTorch's 10)."""
     if config["early_stopping_patience"] is not None:
         return config["early_stopping_patience"]
-    if config["lr_scheduler"] == "ReduceLROnPlateau":
-        return 3 * int((config["lr_scheduler_params"] or {}).get("patience", 10))
+    params = config["lr_scheduler_params"] or {}
+    if config["lr_scheduler"] == "ReduceLROnPlateau" and "patience" in params:
+        return 3 * int(params["patience"])
     return 15

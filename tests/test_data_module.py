@@ -187,3 +187,51 @@ def test_a_device_augmentation_that_does_not_fit_the_images_fails_before_trainin
                         tensor_augmentations={"RandomErasing": {"value": [0.1, 0.2, 0.3]}})
     with pytest.raises(ConfigError, match="RandomErasing parameter 'value' has 3 numbers"):
         StanfordCarsDataModule(config)
+
+
+def test_hold_out_is_class_stratified_seeded_and_disjoint() -> None:
+    from datasets.stanford_data import hold_out
+
+    labels = pd.DataFrame({"image_fname": [f"{i:03d}.jpg" for i in range(60)],
+                           "class": [1] * 30 + [2] * 20 + [3] * 9 + [4]})
+    kept, held = hold_out(labels, 0.1, seed=7)
+    assert held["class"].value_counts().to_dict() == {1: 3, 2: 2, 3: 1}  # round(0.1 x n); class 4's one image kept
+    assert set(kept["image_fname"]).isdisjoint(held["image_fname"])
+    assert len(kept) + len(held) == 60
+    again, _ = hold_out(labels, 0.1, seed=7)
+    other, _ = hold_out(labels, 0.1, seed=8)
+    assert again.equals(kept) and not other.equals(kept)
+
+
+@pytest.mark.parametrize("cache_images", [True, False])
+def test_held_out_validation_gets_the_test_preprocessing_and_test_stays_whole(prepared: Path,
+                                                                              cache_images: bool) -> None:
+    config = config_for(prepared, validation_split=0.25, crop_to_bboxes=True, cache_images=cache_images,
+                        augment_images=True)
+    module = StanfordCarsDataModule(config)
+    module.setup("fit")
+    train, valid, test = (module.datasets[part] for part in ("train", "valid", "test"))
+    assert (len(train), len(valid), len(test)) == (9, 3, 6)  # one of each class's 4 training images held out
+    assert sorted(valid.targets.tolist()) == [0, 1, 2]
+    assert valid.image_dir == prepared / "train" and test.image_dir == prepared / "test"
+    assert set(valid.fnames).isdisjoint(train.fnames)
+    assert train.prefix.crop_to_bbox and train.image_augment is not None
+    # validation: no bbox crop, no augmentation, as the test split
+    assert not valid.prefix.crop_to_bbox and valid.image_augment is None and valid.prefix == test.prefix
+    for index in range(len(valid)):
+        with Image.open(prepared / "train" / valid.fnames[valid.rows[index]]) as raw:
+            expected = np.asarray(apply_prefix(raw, valid.prefix, None))
+        assert np.array_equal(valid[index][0].permute(1, 2, 0).numpy(), expected)
+    assert len(module.val_dataloader().dataset) == 3 and len(module.test_dataloader().dataset) == 6
+
+
+def test_default_validation_is_the_test_split(prepared: Path) -> None:
+    module = StanfordCarsDataModule(config_for(prepared))
+    module.setup("fit")
+    assert module.validates_on_test and module.datasets["valid"] is module.datasets["test"]
+    assert len(module.datasets["train"]) == 12 and module.val_dataloader().dataset is module.datasets["test"]
+
+
+def test_a_split_too_small_to_hold_out_an_image_is_a_config_error(prepared: Path) -> None:
+    with pytest.raises(ConfigError, match=r"validation_split 0.05 holds out no training image"):
+        StanfordCarsDataModule(config_for(prepared, validation_split=0.05))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -59,3 +60,21 @@ def test_two_process_run_writes_one_run_and_validates_the_whole_split(data: Path
     config = validate(yaml.safe_load(config_path.read_text()))
     expected = single_process_accuracy(run_dir / "checkpoints" / "last.ckpt", config)
     assert metrics["valid_acc"].iloc[-1] == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_with_a_held_out_split_test_best_ckpt_on_the_whole_test_split(data: Path,
+                                                                                    tmp_path: Path) -> None:
+    from models.evaluate import evaluate
+    from models.inference import load_module
+
+    config_path = tiny_config(tmp_path, data, num_epochs=2, devices=2, strategy="ddp", validation_split=0.25)
+    result = run_train(["--config", str(config_path)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("2 processes train with batch_size 8 each: 16 images per optimizer step") == 1
+    run_dir = next((tmp_path / "output").iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # synced over both processes: the whole test split (9 images, which 2 processes cannot share evenly)
+    single = evaluate(load_module(run_dir / "checkpoints" / "best.ckpt"), data)
+    assert summary["test_acc"] == pytest.approx(single.top1, abs=1e-6)
+    assert summary["test_top5"] == pytest.approx(single.topk, abs=1e-6)

@@ -56,8 +56,12 @@ def test_cli_accuracy_equals_direct_computation_and_writes_the_reports(run_dir: 
     assert metrics["top1_accuracy"] == pytest.approx(top1)
     assert metrics["top3_accuracy"] == pytest.approx(top3) == 1.0  # top-min(5, classes): 3 of 3 classes
     # The checkpoint's epoch was validated on the same split with the same preprocessing during training.
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert metrics["checkpoint_epoch"] == summary["best_checkpoint_epoch"] == 0
+    assert metrics["top1_accuracy"] == pytest.approx(summary["best_checkpoint_valid_acc"], abs=1e-5)
     assert metrics["top1_accuracy"] == pytest.approx(pd.read_csv(run_dir / "metrics.csv")["valid_acc"].iloc[0],
                                                      abs=1e-5)
+    assert "(weights of epoch 0," in result.stdout
 
     per_class = pd.read_csv(out / "per_class_accuracy.csv")
     assert list(per_class.columns) == ["class_id", "class_name", "images", "correct", "accuracy"]

@@ -219,3 +219,27 @@ def test_cuda_graphs_auto_falls_back_to_eager_steps_with_one_warning_where_captu
         torch.testing.assert_close(fallback_value, value, rtol=1e-5, atol=1e-6, msg=name)
     torch.testing.assert_close(trainers["fallback"].callback_metrics["train_loss"],
                                trainers["plain"].callback_metrics["train_loss"], rtol=1e-5, atol=1e-6)
+
+
+def _gates(module: NetModule) -> set[str]:
+    from models.architectures.ghostnet import SqueezeExcite
+
+    return {se.gate for se in module.net.modules() if isinstance(se, SqueezeExcite)}
+
+
+@pytest.mark.parametrize("se_gate", ["clamp", "hard_sigmoid"])
+def test_the_configs_se_gate_reaches_ghostnet_and_its_checkpoint(se_gate: str, tmp_path) -> None:
+    from models.inference import load_module
+
+    module = NetModule.from_config(validate({"se_gate": se_gate, "image_size": [32, 32]}), 4, list("abcd"))
+    assert _gates(module) == {se_gate}
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=0, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "gate.ckpt")
+    assert _gates(load_module(tmp_path / "gate.ckpt")) == {se_gate}
+
+
+def test_a_checkpoint_from_before_se_gate_loads_with_the_hard_sigmoid_it_was_trained_with() -> None:
+    assert validate({})["se_gate"] == "clamp"
+    assert _gates(NetModule("ghost", num_classes=3)) == {"hard_sigmoid"}

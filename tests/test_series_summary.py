@@ -14,8 +14,8 @@ from models.training_parts import build_optimizer, build_scheduler, check_traini
 from tests.helpers import ROOT, generated_prepared_data, run_module, tiny_config
 from utils.configuration import defaults, load_config
 from utils.run_params import run_params
+from utils.summary import COLUMNS, summary_table, to_markdown
 from utils.summary import main as summary_main
-from utils.summary import summary_table, to_markdown
 
 THESIS_CONFIGS = ROOT / "configs" / "thesis"
 # The IDs of the thesis's §4.2 table.
@@ -67,31 +67,39 @@ def test_thesis_configs_hold_the_recipe_the_sections_describe(experiment: str, k
     assert load_config(str(THESIS_CONFIGS / f"{experiment}.yml"))[key] == value
 
 
-def write_run(output: Path, name: str, tags: list[str], description: str, valid_acc: float | None) -> None:
+def write_run(output: Path, name: str, tags: list[str], description: str, valid_acc: float | None,
+              **more: object) -> None:
     run_dir = output / name
     run_dir.mkdir(parents=True)
     (run_dir / "config.yml").write_text(yaml.safe_dump({"tags": tags, "description": description}))
     (run_dir / "summary.json").write_text(json.dumps({
         "epochs_run": 12, "min_train_loss": 1.0641, "min_valid_loss": 1.5213, "max_train_acc": 0.9893,
-        "max_valid_acc": valid_acc}))
+        "max_valid_acc": valid_acc, **more}))
 
 
 def test_summary_table_lists_runs_best_valid_accuracy_first(tmp_path: Path, capsys) -> None:
     write_run(tmp_path, "ghost_1", ["C-2", "4.2.1"], "LSCE", 0.0912)
-    write_run(tmp_path, "ghost_2", ["C-50", "4.2.14"], "best | model", 0.8379)
+    write_run(tmp_path, "ghost_2", ["C-50", "4.2.14"], "best | model", 0.8379, max_valid_acc_epoch=9,
+              best_checkpoint_epoch=7, best_checkpoint_valid_acc=0.8123)
+    write_run(tmp_path, "ghost_4", [], "held out", 0.5, max_valid_acc_epoch=3, best_checkpoint_epoch=3,
+              best_checkpoint_valid_acc=0.5, test_acc=0.4567, test_top5=0.75, validation_split=0.1)
     write_run(tmp_path, "ghost_3", [], "", None)
     (tmp_path / "not_a_run").mkdir()
     table = summary_table(tmp_path)
-    assert list(table["run"]) == ["ghost_2", "ghost_1", "ghost_3"]
-    assert list(table["ID"]) == ["C-50", "C-2", ""]
+    assert list(table["run"]) == ["ghost_2", "ghost_4", "ghost_1", "ghost_3"]
+    assert list(table["ID"]) == ["C-50", "", "C-2", ""]
     markdown = to_markdown(table).splitlines()
     assert markdown[0].startswith("| run | ID | description | epochs | min_train_loss")
-    assert markdown[2] == "| ghost_2 | C-50 | best \\| model | 12 | 1.064 | 1.521 | 98.93% | 83.79% |"
-    assert markdown[4].endswith("| - |")
+    assert markdown[2] == ("| ghost_2 | C-50 | best \\| model | 12 | 1.064 | 1.521 | 98.93% | 83.79% | 9 | 7 | 81.23% "
+                           "| - | - | test split |")
+    assert markdown[3].endswith("| 3 | 3 | 50.00% | 45.67% | 75.00% | 0.1 of train |")
+    assert markdown[5].endswith("| - | - | - | - | - | - | test split |")
     assert summary_main(["--output-path", str(tmp_path), "--format", "csv"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "run,ID,description,epochs,min_train_loss,min_valid_loss,max_train_acc,max_valid_acc"
-    assert lines[1].startswith("ghost_2,C-50,best | model,12,") and len(lines) == 4
+    assert lines[0] == ("run,ID,description,epochs,min_train_loss,min_valid_loss,max_train_acc,max_valid_acc,"
+                        "max_valid_acc_epoch,best_checkpoint_epoch,best_checkpoint_valid_acc,test_acc,test_top5,"
+                        "validation")
+    assert lines[1].startswith("ghost_2,C-50,best | model,12,") and len(lines) == 5
 
 
 def test_summary_without_runs_is_a_one_line_error(tmp_path: Path) -> None:
@@ -119,5 +127,7 @@ def test_series_goes_on_after_a_failed_run_and_the_summary_lists_the_runs(tmp_pa
     assert table.returncode == 0, table.stderr
     rows = table.stdout.splitlines()[2:]
     assert len(rows) == 2 and {row.split(" | ")[1] for row in rows} == {"C-2", "C-3"}
-    accuracies = [float(row.split(" | ")[-1].rstrip(" |%")) for row in rows]
+    column = COLUMNS.index("max_valid_acc")  # the first cell keeps the row's leading "| "
+    accuracies = [float(row.split(" | ")[column].rstrip(" |%")) for row in rows]
+    assert {row.split(" | ")[-1] for row in rows} == {"test split |"}
     assert accuracies == sorted(accuracies, reverse=True)

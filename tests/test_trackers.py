@@ -95,7 +95,8 @@ def train_tiny(config: dict, run_dir: Path, status: str = "finished") -> tuple[T
     (run_dir / "metrics.csv").write_text("epoch,train_loss\n0,0.5\n1,1.5\n")
     (run_dir / "plots").mkdir(exist_ok=True)
     (run_dir / "plots" / "loss.png").write_bytes(b"\x89PNG fake")
-    summary = {"min_valid_loss": 0.5, "max_valid_acc": 1.5, "best_epoch": 0, "epochs_run": EPOCHS,
+    summary = {"min_valid_loss": 0.5, "max_valid_acc": 1.5, "best_checkpoint_epoch": 0, "test_acc": 0.25,
+               "epochs_run": EPOCHS,
                "early_stopped": False, "architecture": "TinyNet"}
     finalize_trackers(loggers, run_dir, summary, status)
     return model, loggers
@@ -220,6 +221,7 @@ def test_mlflow_run_holds_params_epoch_series_tags_note_and_files(mlflow_store: 
     lr = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "lr")}
     assert lr == pytest.approx({0: 0.1, 1: 0.05})
     assert run.data.metrics["min_valid_loss"] == 0.5 and run.data.metrics["epochs_run"] == EPOCHS
+    assert run.data.metrics["best_checkpoint_epoch"] == 0 and run.data.metrics["test_acc"] == 0.25
     tags = run.data.tags
     assert tags["C-50"] == "" and tags["lr-scheduler"] == "" and tags["ID"] == "C-50"
     assert tags["tags"] == "C-50, lr-scheduler" and tags["mlflow.note.content"] == "best model rerun"

@@ -50,7 +50,17 @@ def test_training_writes_the_run_folder_contract_and_drops_lr_at_milestones(data
     assert summary["architecture"] == "GhostNet" and summary["num_params"] > 1_000_000
     assert summary["max_valid_acc"] == pytest.approx(metrics["valid_acc"].max())
     assert summary["min_valid_loss"] == pytest.approx(metrics["valid_loss"].min())
-    assert summary["best_epoch"] == int(metrics.loc[metrics["valid_loss"].idxmin(), "epoch"])
+    # best.ckpt (lowest valid_loss) and the highest valid_acc are reported apart, each with its epoch.
+    best_epoch = int(metrics.loc[metrics["valid_loss"].idxmin(), "epoch"])
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert summary["best_checkpoint_epoch"] == best["epoch"] == best_epoch
+    assert best["hyper_parameters"]["se_gate"] == "clamp"  # the 2020 runs' GhostNet by default
+    assert summary["best_checkpoint_valid_loss"] == pytest.approx(metrics["valid_loss"].min())
+    assert summary["best_checkpoint_valid_acc"] == pytest.approx(metrics["valid_acc"][best_epoch])
+    assert summary["max_valid_acc_epoch"] == int(metrics.loc[metrics["valid_acc"].idxmax(), "epoch"])
+    assert summary["validation_split"] == "test" and "test_acc" not in summary
+    assert f"best.ckpt = epoch {best_epoch} (lowest valid_loss)" in result.stdout
+    assert "validated on the test split" in result.stdout
     assert {p.name for p in (run_dir / "plots").iterdir()} == {"loss.png", "accuracy.png", "lr.png"}
     assert "secret-token-123" not in result.stdout + result.stderr
     assert list((tmp_path / "logs").glob("*.log"))
@@ -263,3 +273,49 @@ def test_checkpoints_are_written_by_a_thread_and_complete_when_train_returns(dat
     assert {on_main for _, _, on_main in writes} == {not async_checkpoints}
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["epoch"] == 1 and (run_dir / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_held_out_validation_split_keeps_the_test_split_for_one_final_evaluation(data: Path, tmp_path: Path) -> None:
+    from tests.helpers import run_module
+
+    config = tiny_config(tmp_path, data, validation_split=0.25, checkpoint_monitor="valid_acc", cache_images=True,
+                         se_gate="hard_sigmoid")
+    result = run_train(["--config", str(config)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dir = next((tmp_path / "output").iterdir())
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # best.ckpt is the highest valid_acc's epoch (the first of equals), as checkpoint_monitor says
+    assert summary["best_checkpoint_epoch"] == summary["max_valid_acc_epoch"] == int(metrics["valid_acc"].idxmax())
+    assert summary["validation_split"] == 0.25 and 0 <= summary["test_acc"] <= 1
+    assert summary["test_top5"] == 1.0  # top-3 of 3 classes
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert best["hyper_parameters"]["se_gate"] == "hard_sigmoid"
+    # the test split was evaluated on best.ckpt: models.evaluate on it gives the same accuracy
+    evaluation = run_module("models.evaluate", ["--checkpoint", str(run_dir / "checkpoints" / "best.ckpt")])
+    assert evaluation.returncode == 0, evaluation.stderr
+    top1 = json.loads((run_dir / "evaluation" / "metrics.json").read_text())["top1_accuracy"]
+    assert top1 == pytest.approx(summary["test_acc"], abs=1e-6)
+    # the held-out images (1 of each class's 4) and the rest of train each have a cache; the test split its own
+    caches = sorted(p.name.split("-")[0] for p in (tmp_path / "cache").glob("*.npy"))
+    assert caches == ["test", "train", "train"]
+    assert "validated on 0.25 of the training images, held out" in result.stdout
+    assert "test_acc" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_resumed_run_holds_out_the_same_images_and_ends_with_the_test_evaluation(data: Path, tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, data, validation_split=0.25, num_epochs=1, run_name="held", seed=3)
+    first = run_train(["--config", str(config)], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    run_dir = tmp_path / "output" / "held"
+    before = json.loads((run_dir / "summary.json").read_text())
+    resumed = run_train(["--config", str(config), "--resume", "auto", "--set", "num_epochs=2"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert metrics["epoch"].tolist() == [0, 1] and summary["epochs_run"] == 2
+    # the same 3 held-out images: the first epoch's validation is what the first session validated on
+    assert metrics["valid_acc"].iloc[0] == pytest.approx(before["max_valid_acc"])
+    assert summary["best_checkpoint_epoch"] in (0, 1) and 0 <= summary["test_acc"] <= 1
+    assert "best.ckpt on the test split" in resumed.stdout

@@ -102,6 +102,8 @@ def test_losses_are_ours_or_torch_nn() -> None:
     ({"early_stopping_patience": 4}, 4),
     ({"lr_scheduler": "ReduceLROnPlateau", "lr_scheduler_params": {"factor": 0.1, "patience": 5}}, 15),
     ({"lr_scheduler": "ReduceLROnPlateau", "lr_scheduler_params": {"factor": 0.1, "patience": 7}}, 21),
+    ({"lr_scheduler": "ReduceLROnPlateau", "lr_scheduler_params": {"factor": 0.1}}, 15),
+    ({"lr_scheduler": "ReduceLROnPlateau", "lr_scheduler_params": None}, 15),
 ])
 def test_early_stopping_follows_the_thesis_rule_unless_set(values: dict, patience: int) -> None:
     assert early_stopping_patience(validate(values)) == patience

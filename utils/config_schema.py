@@ -71,6 +71,10 @@ DEVICES = Kind(
     lambda v: v == "auto" or (_is_int(v) and v != 0) or (isinstance(v, list) and all(_is_int(x) for x in v)),
     "'auto', a number of devices (-1 for all) or a list of device indices",
 )
+VALIDATION_SPLIT = Kind(
+    lambda v: v == "test" or (_is_number(v) and 0 < v < 1),
+    "'test' or a fraction of the training images in (0, 1)",
+)
 PRECISION = Kind(
     lambda v: isinstance(v, str) and v in {"32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"},
     "one of '32-true', '16-mixed', 'bf16-mixed', 'bf16-true', '16-true', '64-true'",
@@ -168,9 +172,20 @@ SCHEMA: tuple[Key, ...] = (
     Key("dropout", "network", 0.2, PROBABILITY, "Dropout rate before the last Linear layer (GhostNet only)."),
     Key("output_channels", "network", 320, POS_INT,
         "Width of the layer mapped to the classes (GhostNet only; 1280 in the original GhostNet)."),
+    Key("se_gate", "network", "clamp", STR,
+        "GhostNet's squeeze-excite gate: clamp (the expand layer's output clamped to [0, 1], as the 2020 runs "
+        "trained) or hard_sigmoid (the paper's relu6(x + 3) / 6).", choices=("clamp", "hard_sigmoid")),
     Key("early_stopping_patience", "network", None, POS_INT,
         "Epochs without a lower `valid_loss` before stopping; null = the thesis's rule: 15, or 3x the patience of "
-        "ReduceLROnPlateau.", nullable=True),
+        "ReduceLROnPlateau when the config gives it one.", nullable=True),
+    Key("checkpoint_monitor", "network", "valid_loss", STR,
+        "What picks `checkpoints/best.ckpt`: the lowest valid_loss (as in 2020) or the highest valid_acc.",
+        choices=("valid_loss", "valid_acc")),
+    Key("validation_split", "network", "test", VALIDATION_SPLIT,
+        "Images validated on each epoch: test (the thesis's choice: early stopping and best.ckpt then see the images "
+        "the accuracy is reported on, so that figure is optimistic) or a fraction such as 0.1 of the training "
+        "images, held out per class (drawn with `seed`, 0 when null); the test split is then evaluated once, on "
+        "best.ckpt, at the end (test_acc, test_top5 in summary.json)."),
     # Optimizer, scheduler, loss
     Key("optimizer", "optimization", "AdamW", STR, "A class name of `torch.optim`."),
     Key("optimizer_params", "optimization", {"lr": 0.001, "weight_decay": 0.6}, PARAMS,
@@ -191,7 +206,9 @@ SCHEMA: tuple[Key, ...] = (
     Key("deterministic", "run", False, BOOL, "Use deterministic algorithms only (slower; identical reruns)."),
     Key("accelerator", "hardware", "auto", STR, "Lightning accelerator: auto, cpu, gpu, cuda, mps.",
         choices=("auto", "cpu", "gpu", "cuda", "mps")),
-    Key("devices", "hardware", "auto", DEVICES, "Lightning devices: 'auto', a count, or a list of indices."),
+    Key("devices", "hardware", 1, DEVICES, "Lightning devices: a count, a list of indices or 'auto' (every GPU). "
+        "One by default, as the thesis trained; with several processes each takes `batch_size` images per step "
+        "(the effective batch is logged)."),
     Key("num_nodes", "hardware", 1, POS_INT, "Number of machines (multi-node DDP)."),
     Key("strategy", "hardware", "auto", STR, "Lightning strategy: auto, ddp, ddp_spawn, ..."),
     Key("sync_batchnorm", "hardware", False, BOOL, "Synchronise BatchNorm statistics across DDP processes."),

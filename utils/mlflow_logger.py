@@ -74,10 +74,10 @@ def sqlite_path(tracking_uri: str) -> Path | None:
 
 def summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     """The numbers of a summary.json that a tracker keeps as run metrics: best values (min_*, max_*, best_*),
-    epochs_run and wall_time_s."""
+    the held-out test figures (test_*), epochs_run and wall_time_s."""
     return {k: float(v) for k, v in summary.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)
-            and (k.startswith(("min_", "max_", "best_")) or k in ("epochs_run", "wall_time_s"))}
+            and (k.startswith(("min_", "max_", "best_", "test_")) or k in ("epochs_run", "wall_time_s"))}
 
 
 def prepare_experiment(tracking_uri: str, experiment_name: str) -> tuple[Any, str]:

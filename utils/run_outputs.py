@@ -116,12 +116,31 @@ def epochs_done(metrics_csv: Path) -> int:
     return int(epochs.max()) + 1 if len(epochs) else 0
 
 
-def summarize(metrics_csv: Path, extras: dict[str, Any]) -> dict[str, Any]:
-    """Best values over the run's epochs plus `extras` (architecture, num_params, ...)."""
+def checkpoint_epoch(path: Path) -> int | None:
+    """The epoch whose weights a train.py checkpoint holds (0-based, as in metrics.csv); None without the file."""
+    import torch
+
+    if not Path(path).is_file():
+        return None
+    try:
+        epoch = torch.load(path, map_location="cpu", weights_only=True).get("epoch")
+    except Exception:  # noqa: BLE001 - a damaged file: the summary says nothing about it rather than fail the run
+        return None
+    return int(epoch) if epoch is not None else None
+
+
+def summarize(metrics_csv: Path, extras: dict[str, Any], best_checkpoint_epoch: int | None = None) -> dict[str, Any]:
+    """The run's results from metrics.csv plus `extras` (architecture, num_params, test_acc, ...).
+
+    Two different "best" results, named apart: the checkpoint `best.ckpt` holds (`best_checkpoint_*`, picked by
+    `checkpoint_monitor`: the epoch `best_checkpoint_epoch`, read from the file) and the highest `valid_acc` of any
+    epoch (`max_valid_acc`, at `max_valid_acc_epoch`), which needs no checkpoint and is often another epoch.
+    """
     metrics = pd.read_csv(metrics_csv) if metrics_csv.is_file() else pd.DataFrame(columns=METRIC_COLUMNS)
     summary: dict[str, Any] = {
-        "min_train_loss": None, "min_valid_loss": None, "max_train_acc": None, "max_valid_acc": None,
-        "best_epoch": None, "epochs_run": int(len(metrics)),
+        "best_checkpoint_epoch": None, "best_checkpoint_valid_acc": None, "best_checkpoint_valid_loss": None,
+        "max_valid_acc": None, "max_valid_acc_epoch": None,
+        "min_train_loss": None, "min_valid_loss": None, "max_train_acc": None, "epochs_run": int(len(metrics)),
     }
     finite = metrics.dropna(subset=["valid_loss"])
     if len(finite):
@@ -131,10 +150,34 @@ def summarize(metrics_csv: Path, extras: dict[str, Any]) -> dict[str, Any]:
             min_valid_loss=float(metrics["valid_loss"].min()),
             max_train_acc=float(metrics["train_acc"].max()),
             max_valid_acc=float(metrics["valid_acc"].max()),
-            best_epoch=int(metrics.loc[metrics["valid_loss"].idxmin(), "epoch"]),
+            max_valid_acc_epoch=int(metrics.loc[metrics["valid_acc"].idxmax(), "epoch"]),
         )
+    row = metrics[metrics["epoch"] == best_checkpoint_epoch] if best_checkpoint_epoch is not None else metrics[:0]
+    if len(row):
+        summary.update(best_checkpoint_epoch=best_checkpoint_epoch,
+                       best_checkpoint_valid_acc=float(row["valid_acc"].iloc[-1]),
+                       best_checkpoint_valid_loss=float(row["valid_loss"].iloc[-1]))
     summary.update(extras)
     return summary
+
+
+def result_line(summary: dict[str, Any]) -> str:
+    """The run's results in one line, both "best"s named apart, and what the validation images were."""
+    parts = []
+    if summary.get("best_checkpoint_epoch") is not None:
+        picked = "highest valid_acc" if summary.get("checkpoint_monitor") == "valid_acc" else "lowest valid_loss"
+        parts.append(f"best.ckpt = epoch {summary['best_checkpoint_epoch']} ({picked}): valid_acc "
+                     f"{100 * summary['best_checkpoint_valid_acc']:.2f} %, valid_loss "
+                     f"{summary['best_checkpoint_valid_loss']:.4f}")
+    if summary.get("max_valid_acc") is not None:
+        parts.append(f"max valid_acc {100 * summary['max_valid_acc']:.2f} % (epoch {summary['max_valid_acc_epoch']})")
+    if summary.get("test_acc") is not None:
+        parts.append(f"best.ckpt on the test split: test_acc {100 * summary['test_acc']:.2f} %, "
+                     f"test_top5 {100 * summary['test_top5']:.2f} %")
+    split = summary.get("validation_split", "test")
+    parts.append("validated on the test split (the thesis's choice: optimistic)" if split == "test"
+                 else f"validated on {split} of the training images, held out")
+    return "; ".join(parts)
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
@@ -146,8 +189,8 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     return summary if isinstance(summary, dict) else {}
 
 
-def write_summary(run_dir: Path, extras: dict[str, Any]) -> dict[str, Any]:
-    """Write `summary.json` from metrics.csv and `extras`; returns it."""
-    summary = summarize(run_dir / "metrics.csv", extras)
+def write_summary(run_dir: Path, best_checkpoint_epoch: int | None, extras: dict[str, Any]) -> dict[str, Any]:
+    """Write `summary.json` from metrics.csv, the epoch best.ckpt holds and `extras`; returns it."""
+    summary = summarize(run_dir / "metrics.csv", extras, best_checkpoint_epoch)
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

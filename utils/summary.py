@@ -1,6 +1,11 @@
 """The thesis-style table of local runs (§4.2): one row per run folder with a summary.json, best valid accuracy first.
 
     python -m utils.summary [--output-path DIR] [--format markdown|csv] [--with-thesis]
+
+Two "best" results per run, named apart: `max_valid_acc` (the highest of any epoch, at `max_valid_acc_epoch`) and
+the checkpoint `best.ckpt` holds (`best_checkpoint_epoch`, `best_checkpoint_valid_acc`). `validation` says what the
+run validated on: the test split (the thesis's choice, so valid_acc is an optimistic test figure) or a held-out share
+of train, in which case `test_acc` / `test_top5` are best.ckpt's accuracy on the untouched test split.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from utils.config_schema import KEYS
 from utils.errors import UserError
 
 COLUMNS = ["run", "ID", "description", "epochs", "min_train_loss", "min_valid_loss", "max_train_acc",
-           "max_valid_acc"]
+           "max_valid_acc", "max_valid_acc_epoch", "best_checkpoint_epoch", "best_checkpoint_valid_acc", "test_acc",
+           "test_top5", "validation"]
 ID_PATTERN = re.compile(r"^[A-Z]+-\d+$")
 
 
@@ -45,8 +51,14 @@ def run_row(run_dir: Path) -> dict[str, Any] | None:
         "ID": ", ".join(ids or tags),
         "description": config.get("description") or "",
         "epochs": summary.get("epochs_run"),
-        **{name: summary.get(name) for name in COLUMNS[4:]},
+        **{name: summary.get(name) for name in COLUMNS[4:-1]},
+        # runs written before validation_split existed validated on the test split
+        "validation": _validation(summary.get("validation_split", "test")),
     }
+
+
+def _validation(split: Any) -> str:
+    return "test split" if split == "test" else f"{split} of train"
 
 
 def summary_table(output_path: Path) -> pd.DataFrame:
@@ -65,11 +77,11 @@ def to_markdown(table: pd.DataFrame) -> str:
     def cell(name: str, value: Any) -> str:
         if value is None or (isinstance(value, float) and pd.isna(value)):
             return "-"
-        if name.endswith("_acc"):
+        if name.endswith(("_acc", "_top5")):
             return f"{100 * value:.2f}%"
         if name.endswith("_loss"):
             return f"{value:.3f}"
-        if name.endswith("epochs"):
+        if name.endswith("epochs") or name.endswith("_epoch"):
             return str(int(value))
         return str(value).replace("|", "\\|")
 

@@ -5,6 +5,10 @@ depthwise kernel sizes 3 or 5 as in MobileNetV3-Large, whose layout the paper re
 The head is the 2020 project's (thesis §4.2.4, §4.2.8): global average pool, Linear(960 -> out_channels, no bias),
 BatchNorm1d, ReLU, Dropout(dropout), Linear(out_channels -> num_classes). With the default out_channels=1280 and
 1000 classes the model has 5,183,016 parameters; see documentation/ghostnet.md.
+
+Two details follow the network the 2020 runs trained rather than the paper: the squeeze-excite gate clamps to [0, 1]
+(`se_gate="clamp"`; the paper's hard-sigmoid is `se_gate="hard_sigmoid"`), and the weights start as 2020's did
+(`init_weights`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,14 @@ BOTTLENECKS: tuple[tuple[int, int, int, bool, int], ...] = (
 )
 STEM_CHANNELS = 16
 FEATURE_CHANNELS = 960
+
+# The squeeze-excite gate applied to the expand layer's output. The 2020 code (after an early public GhostNet port)
+# clamped it: a channel whose gate input is negative is closed. The paper's hard-sigmoid, relu6(x + 3) / 6, opens
+# it halfway at 0.
+SE_GATES = {
+    "clamp": lambda gate: torch.clamp(gate, 0, 1),
+    "hard_sigmoid": F.hardsigmoid,
+}
 
 
 def make_divisible(value: float, divisor: int = 4) -> int:
@@ -74,22 +86,25 @@ class GhostModule(nn.Module):
 
 
 class SqueezeExcite(nn.Module):
-    """Channel attention as in MobileNetV3: pool, reduce 4x, expand, hard-sigmoid gate.
+    """Channel attention as in MobileNetV3: pool, reduce 4x, expand, gate (`gate`: a name of SE_GATES).
 
     The reduced width is a plain quarter (72 -> 18, 120 -> 30). Rounding it up to a multiple of 4 (72 -> 20,
     120 -> 32), as some GhostNet ports do, adds 772 parameters and no longer matches the 2020 runs' logged counts.
     """
 
-    def __init__(self, channels: int, reduction: int = 4) -> None:
+    def __init__(self, channels: int, reduction: int = 4, gate: str = "clamp") -> None:
         super().__init__()
+        if gate not in SE_GATES:
+            raise ValueError(f"se_gate {gate!r} is not one of {', '.join(SE_GATES)}")
         squeezed = max(1, channels // reduction)
+        self.gate = gate
         self.reduce = nn.Conv2d(channels, squeezed, 1)
         self.expand = nn.Conv2d(squeezed, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = F.adaptive_avg_pool2d(x, 1)
         gate = self.expand(F.relu(self.reduce(gate), inplace=True))
-        return x * F.hardsigmoid(gate)
+        return x * SE_GATES[self.gate](gate)
 
 
 class GhostBottleneck(nn.Module):
@@ -99,11 +114,12 @@ class GhostBottleneck(nn.Module):
     conv bring the input to the output's shape, as in the paper's reference design.
     """
 
-    def __init__(self, in_ch: int, mid_ch: int, out_ch: int, dw_kernel: int = 3, stride: int = 1, se: bool = False):
+    def __init__(self, in_ch: int, mid_ch: int, out_ch: int, dw_kernel: int = 3, stride: int = 1, se: bool = False,
+                 se_gate: str = "clamp"):
         super().__init__()
         self.expand = GhostModule(in_ch, mid_ch, relu=True)
         self.downsample = conv_bn(mid_ch, mid_ch, dw_kernel, stride, groups=mid_ch, relu=False) if stride > 1 else None
-        self.se = SqueezeExcite(mid_ch) if se else None
+        self.se = SqueezeExcite(mid_ch, gate=se_gate) if se else None
         self.project = GhostModule(mid_ch, out_ch, relu=False)
         if in_ch == out_ch and stride == 1:
             self.shortcut: nn.Module = nn.Identity()
@@ -131,6 +147,7 @@ class GhostNet(nn.Module):
         dropout: dropout probability before the final linear layer (the paper's 0.2 by default).
         out_channels: width of the feature vector fed to the classifier (the paper's 1280; the thesis's best runs 320).
         width_mult: multiplies every channel count of the backbone (GhostNet 1.0x at 1.0).
+        se_gate: the squeeze-excite gate, "clamp" (the 2020 runs') or "hard_sigmoid" (the paper's).
     """
 
     def __init__(
@@ -140,6 +157,7 @@ class GhostNet(nn.Module):
         dropout: float = 0.2,
         out_channels: int = 1280,
         width_mult: float = 1.0,
+        se_gate: str = "clamp",
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -152,7 +170,7 @@ class GhostNet(nn.Module):
         for kernel, expansion, out, se, stride in BOTTLENECKS:
             out_ch = make_divisible(out * width_mult)
             mid_ch = make_divisible(expansion * width_mult)
-            blocks.append(GhostBottleneck(channels, mid_ch, out_ch, kernel, stride, se))
+            blocks.append(GhostBottleneck(channels, mid_ch, out_ch, kernel, stride, se, se_gate))
             channels = out_ch
         features = make_divisible(FEATURE_CHANNELS * width_mult)
         blocks.append(conv_bn(channels, features, 1))
@@ -165,6 +183,24 @@ class GhostNet(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(out_channels, num_classes),
         )
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def init_weights(model: nn.Module) -> None:
+    """The 2020 runs' initialisation: every Conv2d of the backbone Kaiming-normal with fan_out (PyTorch's fan_out of a
+    conv weight: out_channels x kernel height x kernel width, not divided by groups) and the ReLU gain, every
+    BatchNorm2d weight 1 and bias 0. The squeeze-excite layers (Linear layers in 2020; a 1x1 Conv2d with bias has
+    the same default distribution) and the head keep PyTorch's defaults."""
+    squeeze_excite = {id(conv) for module in model.modules() if isinstance(module, SqueezeExcite)
+                      for conv in (module.reduce, module.expand)}
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and id(module) not in squeeze_excite:
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
