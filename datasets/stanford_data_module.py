@@ -21,8 +21,14 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from datasets import image_cache
 from datasets.device_augment import DeviceAugmenter, DrawingCollate, device_augmentation_settings
-from datasets.stanford_data import (BBOX_COLUMNS, StanfordCarsDataset, check_folder_matches, hold_out, read_labels,
-                                   require_bboxes)
+from datasets.stanford_data import (
+    BBOX_COLUMNS,
+    StanfordCarsDataset,
+    check_folder_matches,
+    hold_out,
+    read_labels,
+    require_bboxes,
+)
 from datasets.transforms import PrefixSettings, build_v2_pipeline
 from utils.errors import ConfigError
 
