@@ -42,7 +42,8 @@ def write_run_folder(run_dir: Path, epochs: range, status: str, tags: list[str],
         metrics = pd.concat([pd.read_csv(old).query("epoch < @first"), metrics])
     metrics.to_csv(old, index=False)
     write_plots(old, run_dir / "plots", title=run_dir.name)
-    write_summary(run_dir, {"early_stopped": False, "num_params": 12345, "architecture": "GhostNet",
+    best_epoch = int(metrics.loc[metrics["valid_loss"].idxmin(), "epoch"])
+    write_summary(run_dir, best_epoch, {"early_stopped": False, "num_params": 12345, "architecture": "GhostNet",
                             "wall_time_s": 60.0, "status": status})
     return config
 
