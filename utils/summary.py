@@ -1,6 +1,8 @@
 """The thesis-style table of local runs (§4.2): one row per run folder with a summary.json, best valid accuracy first.
 
-    python -m utils.summary [--output-path DIR] [--format markdown|csv]
+    python -m utils.summary [--output-path DIR] [--format markdown|csv] [--tag TAG ...]
+
+The status column says how each run ended (summary.json's status): finished, early_stopped, interrupted or failed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,13 @@ from utils.errors import UserError
 COLUMNS = ["run", "ID", "description", "epochs", "min_train_loss", "min_valid_loss", "max_train_acc",
            "max_valid_acc"]
 ID_PATTERN = re.compile(r"^[A-Z]+-\d+$")
+# How the run ended, shown after its epochs.
+TABLE_COLUMNS = [*COLUMNS[:4], "status", *COLUMNS[4:]]
+
+
+def run_status(summary: dict[str, Any]) -> str:
+    """summary.json's status; summaries written before it was recorded say only whether the run stopped early."""
+    return summary.get("status") or ("early_stopped" if summary.get("early_stopped") else "finished")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -45,18 +54,25 @@ def run_row(run_dir: Path) -> dict[str, Any] | None:
         "ID": ", ".join(ids or tags),
         "description": config.get("description") or "",
         "epochs": summary.get("epochs_run"),
+        "status": run_status(summary),
+        "tags": tags,
         **{name: summary.get(name) for name in COLUMNS[4:]},
     }
 
 
-def summary_table(output_path: Path) -> pd.DataFrame:
-    """Rows of every run folder under output_path, sorted by max valid accuracy (best first, runs without last)."""
+def summary_table(output_path: Path, tags: list[str] | None = None) -> pd.DataFrame:
+    """Rows of every run folder under output_path (with one of `tags`, when given), sorted by max valid accuracy
+    (best first, runs without last)."""
     rows = [row for d in sorted(output_path.iterdir()) if d.is_dir() and (row := run_row(d))] \
         if output_path.is_dir() else []
     if not rows:
         raise UserError(f"no run folders with a summary.json under {output_path} (set --output-path to the config's "
                         f"output_path)")
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    if tags:
+        rows = [row for row in rows if set(row["tags"]) & set(tags)]
+        if not rows:
+            raise UserError(f"no run under {output_path} is tagged {' or '.join(tags)}")
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     return table.sort_values("max_valid_acc", ascending=False, na_position="last", kind="stable")
 
 
@@ -73,9 +89,9 @@ def to_markdown(table: pd.DataFrame) -> str:
             return str(int(value))
         return str(value).replace("|", "\\|")
 
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + " --- |" * len(TABLE_COLUMNS)]
     for row in table.itertuples(index=False):
-        lines.append("| " + " | ".join(cell(n, v) for n, v in zip(COLUMNS, row)) + " |")
+        lines.append("| " + " | ".join(cell(n, v) for n, v in zip(TABLE_COLUMNS, row)) + " |")
     return "\n".join(lines)
 
 
@@ -85,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder holding the run folders (default: %(default)s)")
     parser.add_argument("--format", choices=("markdown", "csv"), default="markdown",
                         help="table format (default: %(default)s)")
+    parser.add_argument("--tag", dest="tags", action="extend", nargs="+", default=[], metavar="TAG",
+                        help="only runs holding one of these tags, e.g. C-50 or a thesis section 4.2.14")
     args = parser.parse_args(argv)
-    table = summary_table(Path(args.output_path))
+    table = summary_table(Path(args.output_path), args.tags)
     print(to_markdown(table) if args.format == "markdown" else table.to_csv(index=False).rstrip("\n"))
     return 0
 
