@@ -221,3 +221,21 @@ def test_summary_shows_each_run_status_and_filters_by_tag(tmp_path: Path, capsys
 
     with pytest.raises(UserError, match="no run under .* is tagged C-99"):
         summary_table(tmp_path, ["C-99"])
+
+
+@pytest.mark.slow
+def test_a_rerun_series_resumes_its_stopped_run_in_the_same_folder(tmp_path: Path) -> None:
+    data = generated_prepared_data(tmp_path / "data")
+    config = tiny_config(tmp_path, data, "c.yml", tags=["C-2"], num_epochs=2)
+    first = run_module("utils.series", [str(config), "--no-local-config", "--set", "num_epochs=1"], timeout=900)
+    assert first.returncode == 0, first.stdout + first.stderr
+    (run_dir,) = (tmp_path / "output").iterdir()
+    # the run as a lost session leaves it: one epoch of two done, no summary.json
+    (run_dir / "summary.json").unlink()
+    again = run_module("utils.series", [str(config), "--no-local-config"], timeout=900)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"(resume {run_dir})" in again.stdout
+    report = again.stdout.split("=== series report: ")[1].splitlines()
+    assert report[0] == "1 ok, 0 skipped (finished before), 0 failed" and report[1].startswith("ok (resumed)")
+    assert list((tmp_path / "output").iterdir()) == [run_dir]
+    assert json.loads((run_dir / "summary.json").read_text())["epochs_run"] == 2
