@@ -1,6 +1,7 @@
 """Predict car models from images with a training checkpoint alone.
 
     python predict.py --checkpoint CKPT IMAGE_OR_DIR [IMAGE_OR_DIR ...] [--top-k 5] [--batch-size 32] [--json]
+                      [--device auto|cpu|cuda]
 
 A folder means its image files (jpg, jpeg, png, bmp, webp; sorted by name). Images that cannot be read are reported
 on stderr, one line each naming the file, and the rest are still predicted; the exit code is then 1.
@@ -13,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from utils.cli import positive_int, run_main
+from utils.cli import device_option, positive_int, run_main
 from utils.errors import UserError
 from utils.files import checkpoint_path_problem
 
@@ -24,6 +25,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
     parser.add_argument("--top-k", type=positive_int, default=5, help="classes to print per image (default: 5)")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
+    parser.add_argument("--device", type=device_option, default="auto",
+                        help="where the network runs: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or "
+                             "cuda:N (default: auto)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON document ({images: [...], errors: [...]}) instead of text")
     args = parser.parse_args(argv)
@@ -39,13 +43,22 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from PIL import Image
 
-    from models.inference import class_names, eval_prefix, image_files, load_image, load_module, predict_probabilities
+    from models.inference import (
+        class_names,
+        eval_prefix,
+        image_files,
+        load_image,
+        load_module,
+        predict_probabilities,
+        resolve_device,
+    )
     from models.inference import top_k as best_classes
 
     paths = [path for given in args.inputs for path in image_files(Path(given))]
     if not paths:
         raise UserError(f"no image files in {', '.join(args.inputs)} (looked for jpg, jpeg, png, bmp, webp)")
-    module = load_module(Path(args.checkpoint))
+    device = resolve_device(args.device)  # before reading the images: a missing GPU is said at once
+    module = load_module(Path(args.checkpoint), device)
     names, prefix = class_names(module), eval_prefix(module)
     results, errors = [], []
 

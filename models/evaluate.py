@@ -1,6 +1,7 @@
 """Evaluate a checkpoint on the test split: top-1 and top-5 accuracy, per-class accuracy, confusion matrix.
 
     python -m models.evaluate --checkpoint CKPT [-d DATA_PATH] [--output-dir DIR] [--batch-size 64]
+                              [--device auto|cpu|cuda]
 
 The data path defaults to `stanford_data_path` in the run's `config.yml` (`<run>/config.yml` beside
 `<run>/checkpoints/`); the output folder to `<run>/evaluation/`. It receives `per_class_accuracy.csv`,
@@ -27,7 +28,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix  # noqa: E402
 
-from utils.cli import non_negative_int, positive_int, run_main  # noqa: E402
+from utils.cli import device_option, non_negative_int, positive_int, run_main  # noqa: E402
 from utils.errors import ConfigError, DataError  # noqa: E402
 
 log = logging.getLogger("cars")
@@ -110,7 +111,9 @@ def evaluate(module: torch.nn.Module, data_path: Path, batch_size: int = 64, num
     topk = MulticlassAccuracy(num_classes, top_k=k, average="micro")
     confusion = MulticlassConfusionMatrix(num_classes)
     rows = []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    on_gpu = next(module.parameters()).device.type == "cuda"
+    # pinned batches copy to the GPU without blocking the next batch's loading
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=on_gpu)
     for images, targets in loader:
         probabilities = predict_probabilities(module, images)
         for metric in (top1, topk, confusion):
@@ -176,16 +179,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output-dir", default=None, help="where the files go (default: <run>/evaluation)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default: 64)")
     parser.add_argument("--num-workers", type=non_negative_int, default=0, help="DataLoader worker processes (default: 0)")
+    parser.add_argument("--device", type=device_option, default="auto",
+                        help="where the network runs: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or "
+                             "cuda:N (default: auto)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from models.inference import load_module
+    from models.inference import load_module, resolve_device
     from utils.run_outputs import checkpoint_epoch
 
     args = parse_args(argv)
     checkpoint = Path(args.checkpoint)
-    module = load_module(checkpoint)
+    device = resolve_device(args.device)
+    module = load_module(checkpoint, device)
     epoch = checkpoint_epoch(checkpoint)
     data_path = Path(args.data_path) if args.data_path else default_data_path(checkpoint)
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(checkpoint)
@@ -194,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     images = len(result.predictions)
     print(f"checkpoint: {checkpoint} (weights of epoch {epoch}, counted from 0 as in metrics.csv)"
           if epoch is not None else f"checkpoint: {checkpoint}")
-    print(f"test images: {images} ({data_path})")
+    print(f"test images: {images} ({data_path}), evaluated on {device}")
     print(f"top-1 accuracy: {result.top1:.2%}")
     print(f"top-{result.k} accuracy: {result.topk:.2%}")
     print("ten worst classes:" if len(result.per_class) >= WORST_CLASSES else "worst classes:")

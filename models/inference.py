@@ -64,8 +64,21 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def load_module(path: Path) -> NetModule:
-    """The checkpoint's NetModule on the CPU in eval mode (torch.compile off: not worth it for a few images)."""
+def resolve_device(spec: str) -> torch.device:
+    """`--device` as a torch device: auto = the first CUDA GPU when there is one, else the CPU."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {spec}: no CUDA GPU is visible to torch here; use --device auto or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {spec}: there are {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+    return device
+
+
+def load_module(path: Path, device: torch.device | str = "cpu") -> NetModule:
+    """The checkpoint's NetModule on `device` in eval mode (torch.compile off: not worth it for a few images)."""
     checkpoint = read_checkpoint(path)
     hparams = dict(checkpoint["hyper_parameters"])
     if "architecture" not in hparams or "num_classes" not in hparams:
@@ -75,7 +88,7 @@ def load_module(path: Path) -> NetModule:
         module.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:
         raise CheckpointError(f"{path}: the weights do not fit the stored architecture ({str(error)[:200]})") from None
-    return module.eval()
+    return module.eval().to(device)
 
 
 def class_names(module: NetModule) -> list[str]:
@@ -103,7 +116,7 @@ def load_image(path: Path, prefix: PrefixSettings) -> torch.Tensor:
 def predict_probabilities(module: NetModule, images: torch.Tensor) -> torch.Tensor:
     """uint8 batch (B, C, H, W) after the eval prefix -> class probabilities (B, num_classes)."""
     device = next(module.parameters()).device
-    logits = module(module.preprocess(images.to(device), train=False))
+    logits = module(module.preprocess(images.to(device, non_blocking=True), train=False))
     return torch.softmax(logits.float(), dim=1).cpu()
 
 

@@ -141,3 +141,89 @@ def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
     path.write_bytes("description: café\n".encode("latin-1"))
     with pytest.raises(ConfigError, match="latin1.yml is not UTF-8 text .*save it as UTF-8"):
         read_yaml(path)
+
+
+LOCAL_SETTINGS = {
+    "stanford_data_path": "/data/stanford", "output_path": "/runs", "log_to_mlflow": False, "log_to_neptune": True,
+    "neptune_mode": "offline", "accelerator": "cpu", "num_workers": 3,
+    "batch_size": 32, "early_stopping_patience": 7,  # recipe keys: C-50 names batch_size, not the patience
+}
+
+
+def with_local_settings(folder: Path, monkeypatch) -> Path:
+    """A user's config.yml in `folder`, made the current folder."""
+    (folder / "config.yml").write_text(yaml.safe_dump(LOCAL_SETTINGS))
+    monkeypatch.chdir(folder)
+    return folder / "config.yml"
+
+
+def test_a_thesis_recipe_applies_on_top_of_the_local_settings_and_set_on_top_of_both(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    from utils.configuration import resolve_config
+
+    with_local_settings(tmp_path, monkeypatch)
+    recipe = PROJECT_ROOT / "configs" / "thesis" / "C-40.yml"
+    resolved = resolve_config(str(recipe), ["num_epochs=3", "optimizer_params.lr=0.01"])
+    config = resolved.config
+    # config.yml: where the data is, what is logged, the hardware
+    assert (config["stanford_data_path"], config["output_path"]) == ("/data/stanford", "/runs")
+    assert (config["log_to_mlflow"], config["log_to_neptune"], config["neptune_mode"]) == (False, True, "offline")
+    assert (config["accelerator"], config["num_workers"]) == ("cpu", 3)
+    # the recipe wins over config.yml for the keys it names; config.yml keeps the ones it does not
+    assert config["batch_size"] == 64 and config["tags"] == ["C-40", "4.2.11"]
+    assert config["lr_scheduler"] == "ReduceLROnPlateau" and config["early_stopping_patience"] == 7
+    # --set wins over both, a dotted key changing one value of the recipe's mapping
+    assert config["num_epochs"] == 3 and config["optimizer_params"] == {"lr": 0.01, "weight_decay": 0.7}
+    # keys nobody named keep the schema's defaults
+    assert config["seed"] == 42 and config["valid_batch_size"] is None
+    assert resolved.layers == ["config.yml", str(recipe), "--set"]
+    assert resolved.sources["stanford_data_path"] == "config.yml" and resolved.sources["batch_size"] == str(recipe)
+    assert resolved.sources["optimizer_params"] == "--set" and resolved.local == "config.yml"
+
+
+def test_no_local_config_runs_the_recipe_on_the_schema_defaults_alone(tmp_path: Path, monkeypatch) -> None:
+    with_local_settings(tmp_path, monkeypatch)
+    recipe = str(PROJECT_ROOT / "configs" / "thesis" / "C-40.yml")
+    config = load_config(recipe, local=False)
+    assert config == load_config(recipe, local=False) and config["stanford_data_path"] == "input/stanford"
+    assert config["log_to_mlflow"] is True and config["early_stopping_patience"] is None
+    assert config["optimizer_params"]["weight_decay"] == 0.7
+    # without --config, config.yml alone is read, as before
+    assert load_config(None)["batch_size"] == 32
+
+
+def test_an_error_in_the_local_settings_names_config_yml(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "config.yml").write_text("num_workers: many\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="num_workers in config.yml is 'many'"):
+        load_config(str(PROJECT_ROOT / "configs" / "thesis" / "C-50.yml"))
+
+
+def test_print_config_names_the_file_of_each_key_that_differs_from_its_default(tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    from tests.helpers import run_train
+
+    with_local_settings(tmp_path, monkeypatch)
+    recipe = PROJECT_ROOT / "configs" / "thesis" / "C-40.yml"
+    result = run_train(["--config", str(recipe), "--set", "num_epochs=3", "--print-config"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"# layers, later ones win: schema defaults < config.yml < {recipe} < --set"
+    assert "stanford_data_path: /data/stanford  # from config.yml" in lines
+    assert f"tags: [C-40, 4.2.11]  # from {recipe}" in lines
+    assert "num_epochs: 3  # from --set" in lines
+    assert "batch_size: 64" in lines and "seed: 42" in lines  # the default values carry no source
+    assert yaml.safe_load(result.stdout) == load_config(str(recipe), ["num_epochs=3"])  # still a config file
+
+
+def test_training_warns_when_config_yml_sets_recipe_keys_the_recipe_leaves_to_it(tmp_path: Path, monkeypatch,
+                                                                                 caplog) -> None:
+    from train import _report_layers
+    from utils.configuration import resolve_config
+
+    with_local_settings(tmp_path, monkeypatch)
+    with caplog.at_level("INFO", logger="cars"):
+        _report_layers(resolve_config(str(PROJECT_ROOT / "configs" / "thesis" / "C-50.yml")))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "config.yml sets early_stopping_patience, which" in warnings[0]
+    assert "batch_size" not in warnings[0] and "num_workers" not in warnings[0]  # named by C-50 / not recipe keys

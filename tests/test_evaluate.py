@@ -73,6 +73,7 @@ def test_cli_accuracy_equals_direct_computation_and_writes_the_reports(run_dir: 
     assert predictions["predicted_class_id"].tolist() == (predicted + 1).tolist()
     assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "top-1 accuracy" in result.stdout and "top-3 accuracy" in result.stdout
+    assert f"evaluated on {'cuda' if torch.cuda.is_available() else 'cpu'}" in result.stdout  # --device auto
     worst = per_class.sort_values(["accuracy", "images", "class_id"], ascending=[True, False, True])
     listed = result.stdout.split("worst classes:")[1]
     assert [name for name in worst["class_name"] if name in listed] == list(worst["class_name"])
@@ -122,3 +123,16 @@ def test_a_test_image_that_does_not_decode_is_named_with_what_to_do(run_dir: Pat
     with pytest.raises(DataError, match=f"{victim.name} does not decode .*top-1 needs every test image") as caught:
         evaluate(load_module(run_dir / "checkpoints" / "best.ckpt"), data)
     assert "skip_corrupt_images" not in str(caught.value)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_evaluation_on_the_gpu_agrees_with_the_cpu(run_dir: Path) -> None:
+    from models.evaluate import default_data_path, evaluate
+    from models.inference import load_module
+
+    checkpoint = run_dir / "checkpoints" / "best.ckpt"
+    on_cpu = evaluate(load_module(checkpoint, "cpu"), default_data_path(checkpoint), batch_size=4)
+    on_gpu = evaluate(load_module(checkpoint, "cuda"), default_data_path(checkpoint), batch_size=4)
+    assert on_gpu.top1 == on_cpu.top1 and torch.equal(on_gpu.confusion, on_cpu.confusion)
+    assert on_gpu.predictions["probability"].tolist() == pytest.approx(on_cpu.predictions["probability"].tolist(),
+                                                                       abs=1e-4)

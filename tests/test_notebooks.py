@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -70,19 +73,79 @@ def colab_parameters(tmp_path: Path) -> tuple[dict[str, Any], Path]:
         "DATA_ON_COLAB": False,
         "CONFIG_PATH": str(config),
         "EXTRA_ARGS": ["-d", str(data), "--set", f"output_path={output}"],
+        "EVALUATE": False,
+        "EXPORT_FORMAT": None,
     }, output
 
 
-def test_train_colab_notebook_trains_outside_colab_and_writes_metrics(tmp_path: Path) -> None:
+def test_train_colab_notebook_trains_outside_colab_evaluates_and_exports_the_best_checkpoint(tmp_path: Path) -> None:
     parameters, output = colab_parameters(tmp_path)
+    # a string, as `papermill -p EXTRA_ARGS "..."` passes it: split as a shell line
+    parameters["EXTRA_ARGS"] = shlex.join(parameters["EXTRA_ARGS"]) + " 'description=two words'"
+    parameters.update(EVALUATE=True, EXPORT_FORMAT="torchscript")
     # Started outside the project on purpose: the notebook must change to the project folder itself.
     printed = stdout_of(execute(with_parameters(ROOT / "train_colab.ipynb", parameters), tmp_path, timeout=600))
     run_dirs = [path.parent for path in output.glob("*/metrics.csv")]
     assert len(run_dirs) == 1, printed[-3000:]
     assert len(pd.read_csv(run_dirs[0] / "metrics.csv")) == 1  # one epoch, as the config and EXTRA_ARGS asked
+    assert yaml.safe_load((run_dirs[0] / "config.yml").read_text())["description"] == "two words"
     assert "running outside Colab" in printed
     assert f"run folder: {run_dirs[0]}" in printed  # train.py's own output was streamed into the notebook
     assert "--resume" not in printed  # nothing to resume the first time
+    metrics = json.loads((run_dirs[0] / "evaluation" / "metrics.json").read_text())
+    assert metrics["checkpoint"].endswith("best.ckpt") and "top-1 accuracy" in printed
+    exported = run_dirs[0] / "export" / f"{run_dirs[0].name}.pt"
+    assert exported.is_file() and f"exported: {exported}" in printed
+
+
+def fake_colab(folder: Path, monkeypatch) -> None:
+    """A `google.colab` package whose drive.mount does nothing, on the kernel's path: the notebook runs as on Colab."""
+    package = folder / "fake_colab" / "google" / "colab"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "drive.py").write_text("def mount(path):\n    print('fake mount of Drive at', path)\n")
+    monkeypatch.setenv("PYTHONPATH", str(folder / "fake_colab"))
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has an NVIDIA GPU")
+def test_train_colab_notebook_stops_on_a_colab_runtime_without_a_gpu(tmp_path: Path, monkeypatch) -> None:
+    fake_colab(tmp_path, monkeypatch)
+    notebook = with_parameters(ROOT / "train_colab.ipynb", {"colab_remote_project_wdir": str(ROOT)})
+    with pytest.raises(CellExecutionError, match="this Colab runtime has no GPU: choose one with Runtime"):
+        execute(notebook, tmp_path)
+    assert "running on Colab" in stdout_of(notebook)
+
+
+def test_train_colab_notebook_on_colab_unpacks_the_drive_archive_on_the_runtime_disk(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    notebook_cells = nbformat.read(ROOT / "train_colab.ipynb", as_version=4).cells
+    packages = next(cell.source for cell in notebook_cells if "def unmet_requirements" in cell.source)
+    namespace: dict[str, Any] = {"Path": Path}
+    exec(packages.split("unmet = ")[0], namespace)  # noqa: S102  (the notebook's own check, run here)
+    if namespace["unmet_requirements"](str(ROOT / "prod_requirements.txt")):
+        pytest.skip("prod_requirements.txt is not satisfied here: the notebook would install it, as on Colab")
+    data = generated_prepared_data(tmp_path / "data")
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    with tarfile.open(drive / "stanford.tar.gz", "w:gz") as tar:
+        for name in ("train", "test", "train_labels.csv", "test_labels.csv"):
+            tar.add(data / name, arcname=name)
+    bad = tmp_path / "bad.yml"
+    bad.write_text("num_epochs: -1\n")  # train.py stops at once: this test is about what comes before
+    runtime = tmp_path / "runtime" / "stanford"
+    fake_colab(tmp_path, monkeypatch)
+    notebook = with_parameters(ROOT / "train_colab.ipynb", {
+        "colab_remote_project_wdir": str(ROOT), "ALLOW_CPU": True, "DRIVE_DATA_ARCHIVE": str(drive / "stanford.tar.gz"),
+        "colab_data_dir": str(runtime), "CONFIG_PATH": str(bad), "RESUME": False,
+        "EXTRA_ARGS": "--set 'description=two words'",
+    })
+    with pytest.raises(CellExecutionError, match="exited with code 2"):
+        execute(notebook, tmp_path)
+    printed = stdout_of(notebook)
+    assert f"unpacked into {runtime}" in printed
+    assert sorted(p.name for p in runtime.iterdir()) == ["test", "test_labels.csv", "train", "train_labels.csv"]
+    assert sorted(p.name for p in (runtime / "train").iterdir()) == sorted(p.name for p in (data / "train").iterdir())
+    assert f"--config {bad} -d {runtime} --set 'description=two words'" in printed  # a shell line, split
 
 
 def test_train_colab_notebook_rerun_resumes_a_run_cut_off_by_a_disconnect(tmp_path: Path) -> None:

@@ -104,3 +104,44 @@ def test_a_photo_stored_sideways_with_an_exif_orientation_is_read_upright(tmp_pa
     upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.png", exif=exif)
     prefix = PrefixSettings(image_size=(32, 48), grayscale=False, crop_to_bbox=False, erase_background=False)
     assert load_image(tmp_path / "sideways.png", prefix).equal(load_image(tmp_path / "upright.png", prefix))
+
+
+def test_device_auto_takes_a_gpu_when_present_and_a_missing_gpu_is_one_line(monkeypatch) -> None:
+    import torch
+
+    from models.inference import resolve_device
+    from utils.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == torch.device("cuda") and resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(UserError, match="--device cuda:1: there are 1 CUDA GPU"):
+        resolve_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") == resolve_device("cpu")
+    with pytest.raises(UserError, match="--device cuda: no CUDA GPU is visible"):
+        resolve_device("cuda")
+
+
+def test_predict_runs_on_the_device_asked_for(run_dir: Path, images: Path) -> None:
+    import torch
+
+    checkpoint = str(run_dir / "checkpoints" / "best.ckpt")
+    on_cpu = run_script("predict.py", ["--checkpoint", checkpoint, str(images), "--json", "--device", "cpu"],
+                        cwd=images.parent)
+    assert on_cpu.returncode == 1 and json.loads(on_cpu.stdout)["images"]  # broken.jpg is named, the rest predicted
+    wrong = run_script("predict.py", ["--checkpoint", checkpoint, str(images), "--device", "gpu"], cwd=images.parent)
+    assert wrong.returncode == 2 and "'gpu' is not auto, cpu, cuda or cuda:N" in wrong.stderr
+    on_cuda = run_script("predict.py", ["--checkpoint", checkpoint, str(images), "--json", "--device", "cuda"],
+                         cwd=images.parent)
+    if not torch.cuda.is_available():
+        assert on_cuda.returncode == 2 and on_cuda.stderr.strip().splitlines() == [
+            "error: --device cuda: no CUDA GPU is visible to torch here; use --device auto or cpu"]
+        return
+    # on a GPU: the same classes, probabilities within float32 rounding of the CPU's
+    cpu_images, cuda_images = json.loads(on_cpu.stdout)["images"], json.loads(on_cuda.stdout)["images"]
+    assert [i["image"] for i in cuda_images] == [i["image"] for i in cpu_images]
+    for mine, theirs in zip(cuda_images, cpu_images):
+        assert mine["predictions"][0]["class_id"] == theirs["predictions"][0]["class_id"]
+        assert mine["predictions"][0]["probability"] == pytest.approx(theirs["predictions"][0]["probability"],
+                                                                       abs=1e-4)

@@ -64,6 +64,9 @@ def test_training_writes_the_run_folder_contract_and_drops_lr_at_milestones(data
     assert {p.name for p in (run_dir / "plots").iterdir()} == {"loss.png", "accuracy.png", "lr.png"}
     assert "secret-token-123" not in result.stdout + result.stderr
     assert list((tmp_path / "logs").glob("*.log"))
+    # the device is said at the start; on a CPU, after the first epoch, what the rest would take
+    assert "training on the CPU (" in result.stdout and "(accelerator: cpu)" in result.stdout
+    assert "so the 2 epochs left of num_epochs=3 would take about" in result.stdout
 
 
 def test_early_stopping_stops_after_the_patience(data: Path, tmp_path: Path) -> None:

@@ -59,3 +59,10 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
     return _int_at_least(text, 0, "a non-negative integer")
+
+
+def device_option(text: str) -> str:
+    """argparse type of `--device`: auto, cpu, cuda or cuda:N (checked without importing torch)."""
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not auto, cpu, cuda or cuda:N")

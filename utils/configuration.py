@@ -1,7 +1,10 @@
-"""Configs: read a YAML file, apply `--set KEY=VALUE` overrides and check every value against the schema.
+"""Configs: read the user's settings and a recipe, apply `--set KEY=VALUE` overrides, check every value.
 
-`load_config` reads `config.yml`, or `config_template.yml` when that is missing. The keys, their types, defaults
-and meanings live in one place, `utils/config_schema.py`.
+A config is made of layers, each replacing the keys it names (a whole key: a recipe's `image_augmentations`
+replaces the local one, it is not merged into it): the schema's defaults < the user's local settings `config.yml`
+< the recipe given with `--config` (e.g. `configs/thesis/C-50.yml`) < `--set` overrides. Without `--config`,
+`config.yml` is read, else `config_template.yml`. The keys, their types, defaults and meanings live in one place,
+`utils/config_schema.py`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import difflib
 import json
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = "config.yml"
 TEMPLATE_CONFIG = "config_template.yml"
 SECRET_MASK = "***"
+SET_SOURCE = "--set"
 
 
 def _suggest(name: str, candidates: list[str]) -> str:
@@ -39,17 +44,21 @@ def unknown_name_message(kind: str, name: str, valid: list[str], where: str = ""
     return f"{kind} {name!r} is not {where}{_suggest(name, valid)}; valid names: {', '.join(sorted(valid))}"
 
 
-def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
-    """Check every key against the schema; return a complete config (missing keys take defaults)."""
+def validate(config: dict[str, Any], source: str = "config", sources: dict[str, str] | None = None
+             ) -> dict[str, Any]:
+    """Check every key against the schema; return a complete config (missing keys take defaults).
+    `sources` names the file (or --set) that gave each key, for the error messages; else `source` is named."""
+    sources = sources or {}
     for name in config:
         if name not in KEYS:
-            raise ConfigError(f"unknown key {name!r} in {source}{_suggest(name, list(KEYS))}")
+            raise ConfigError(f"unknown key {name!r} in {sources.get(name, source)}{_suggest(name, list(KEYS))}")
     resolved = defaults()
     resolved.update(config)
     for key in SCHEMA:
         value = resolved[key.name]
         if not key.accepts(value):
-            raise ConfigError(f"{key.name} in {source} is {value!r}; expected {key.expected()}")
+            raise ConfigError(f"{key.name} in {sources.get(key.name, source)} is {value!r}; expected "
+                              f"{key.expected()}")
         if key.kind is PATH and value is not None and not is_placeholder(value):
             resolved[key.name] = os.path.expanduser(value)
     for name in ("normalization_params_rgb", "normalization_params_grayscale"):
@@ -57,7 +66,7 @@ def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
         channels = 1 if name.endswith("grayscale") else 3
         if len(params["mean"]) != channels or len(params["std"]) != channels:
             raise ConfigError(
-                f"{name} in {source} needs {channels} mean and {channels} std values, "
+                f"{name} in {sources.get(name, source)} needs {channels} mean and {channels} std values, "
                 f"got {len(params['mean'])} and {len(params['std'])}"
             )
     return resolved
@@ -127,6 +136,14 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def local_config_path() -> Path | None:
+    """The user's local settings: `config.yml` in the current folder, else in the project folder; None if neither."""
+    for folder in (Path.cwd(), PROJECT_ROOT):
+        if (folder / DEFAULT_CONFIG).is_file():
+            return folder / DEFAULT_CONFIG
+    return None
+
+
 def resolve_config_path(path: str | None) -> Path:
     """The config file to read: `path`, else `config.yml`, else `config_template.yml` (said in the log)."""
     if path is not None:
@@ -134,9 +151,9 @@ def resolve_config_path(path: str | None) -> Path:
         if not candidate.is_file():
             raise ConfigError(f"config file {path!r} does not exist")
         return candidate
-    for folder in (Path.cwd(), PROJECT_ROOT):
-        if (folder / DEFAULT_CONFIG).is_file():
-            return folder / DEFAULT_CONFIG
+    local = local_config_path()
+    if local is not None:
+        return local
     for folder in (Path.cwd(), PROJECT_ROOT):
         if (folder / TEMPLATE_CONFIG).is_file():
             log.warning("%s not found: reading %s (copy it to %s to make your own settings)",
@@ -145,13 +162,67 @@ def resolve_config_path(path: str | None) -> Path:
     raise ConfigError(f"neither {DEFAULT_CONFIG} nor {TEMPLATE_CONFIG} found")
 
 
-def load_config(path: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Read, override and validate a config; `path=None` means config.yml or the template."""
-    config_path = resolve_config_path(path)
-    raw = read_yaml(config_path)
-    merged = apply_overrides(raw, overrides or [])
-    source = str(config_path) + (" with --set overrides" if overrides else "")
-    return validate(merged, source)
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative to the current folder when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+@dataclass
+class ResolvedConfig:
+    """A validated config and where its values came from.
+
+    `layers`: the files read, in the order applied (later ones win), plus '--set' when overrides were given;
+    `sources`: for each key a layer named, the last layer that named it."""
+
+    config: dict[str, Any]
+    layers: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+    local: str | None = None
+    recipe: str | None = None
+
+
+def config_files(path: str | None = None, local: bool = True) -> list[Path]:
+    """The files a config is read from, in order: without `path`, config.yml (else the template); with `path`, the
+    user's config.yml (unless `local` is False, or it is that same file) and then `path`."""
+    if path is None:
+        return [resolve_config_path(None)] if local else []
+    recipe_path = resolve_config_path(path)
+    local_path = local_config_path() if local else None
+    if local_path is not None and local_path.resolve() != recipe_path.resolve():
+        return [local_path, recipe_path]
+    return [recipe_path]
+
+
+def resolve_config(path: str | None = None, overrides: list[str] | None = None, local: bool = True
+                   ) -> ResolvedConfig:
+    """Read the layers (schema defaults < config.yml < `path` < `overrides`), merge and validate them."""
+    files = config_files(path, local)
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for file in files:
+        values = read_yaml(file)
+        merged.update(values)
+        sources.update(dict.fromkeys(values, _shown(file)))
+    if overrides:
+        merged = apply_overrides(merged, overrides)
+        sources.update(dict.fromkeys((parse_override(text)[0][0] for text in overrides), SET_SOURCE))
+    resolved = ResolvedConfig(validate(merged, sources=sources), [_shown(f) for f in files], sources)
+    if overrides:
+        resolved.layers.append(SET_SOURCE)
+    if path is not None:
+        resolved.recipe = _shown(files[-1])
+        if len(files) == 2:
+            resolved.local = _shown(files[0])
+    return resolved
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None, local: bool = True) -> dict[str, Any]:
+    """Read, override and validate a config: the schema's defaults < the user's config.yml < the file `path` <
+    `overrides`. `path=None` means config.yml alone (else the template); `local=False` leaves config.yml out."""
+    return resolve_config(path, overrides, local).config
 
 
 def is_placeholder(value: Any) -> bool:
@@ -174,6 +245,30 @@ def dump_yaml(config: dict[str, Any]) -> str:
     return yaml.safe_dump(ordered, sort_keys=False, default_flow_style=None, allow_unicode=True)
 
 
+def dump_with_sources(resolved: ResolvedConfig) -> str:
+    """The config as YAML (as `dump_yaml`), each key that differs from its default followed by a comment naming
+    the layer that gave it; a first comment line lists the layers. Still valid YAML, e.g. to save as a config."""
+    lines = [f"# layers, later ones win: schema defaults < {' < '.join(resolved.layers)}"
+             if resolved.layers else "# layers: schema defaults only"]
+    ordered = {key.name: masked(resolved.config)[key.name] for key in SCHEMA if key.name in resolved.config}
+    text = yaml.safe_dump(ordered, sort_keys=False, default_flow_style=None, allow_unicode=True, width=10**6)
+    blocks: list[list[str]] = []  # one per key: its line and the indented lines of a nested value
+    for line in text.splitlines():
+        if line[:1].isspace() or line.startswith("- ") or not blocks:
+            blocks[-1:] = [[*(blocks[-1] if blocks else []), line]]
+        else:
+            blocks.append([line])
+    for name, block in zip(ordered, blocks):
+        source = resolved.sources.get(name)
+        if source is None or resolved.config[name] == KEYS[name].default:
+            lines += block
+        elif len(block) > 1:  # a comment after the first line of a nested value could cut a multi-line scalar
+            lines += [f"# from {source}:", *block]
+        else:
+            lines.append(f"{block[0]}  # from {source}")
+    return "\n".join(lines) + "\n"
+
+
 def reference_markdown() -> str:
     """The configuration reference (documentation/configuration.md), generated from the schema."""
     lines = [
@@ -183,6 +278,15 @@ def reference_markdown() -> str:
         "a test fails when this file and the schema disagree. Defaults are the values of the thesis's best run",
         "(C-50); `config_template.yml` holds the same values with comments. Override any key on the command line",
         "with `python train.py --set KEY=VALUE` (dotted keys reach nested values: `--set optimizer_params.lr=0.01`).",
+        "",
+        "A config is made of layers, later ones winning, each replacing the keys it names whole: the defaults below <",
+        "your local settings `config.yml` < the recipe given with `--config` (e.g. `configs/thesis/C-50.yml`, which",
+        "names recipe keys only) < `-d` and `--set`. So `config.yml` holds what is yours (data and output paths,",
+        "trackers and their credentials, hardware) once, and every recipe runs with it. Without `--config`,",
+        "`config.yml` is read alone (else `config_template.yml`); `--no-local-config` leaves `config.yml` out.",
+        "`python train.py --config configs/thesis/C-50.yml --print-config` prints the result, each key that differs",
+        "from its default followed by the file (or `--set`) it came from. A run warns when `config.yml` sets a",
+        "recipe key (one that changes what is computed) that the recipe leaves to it.",
         "",
     ]
     for section in SECTIONS:

@@ -1,11 +1,14 @@
 """The thesis-style table of local runs (§4.2): one row per run folder with a summary.json, best valid accuracy first.
 
-    python -m utils.summary [--output-path DIR] [--format markdown|csv] [--with-thesis]
+    python -m utils.summary [--output-path DIR] [--format markdown|csv] [--tag TAG ...] [--with-thesis]
 
 Two "best" results per run, named apart: `max_valid_acc` (the highest of any epoch, at `max_valid_acc_epoch`) and
 the checkpoint `best.ckpt` holds (`best_checkpoint_epoch`, `best_checkpoint_valid_acc`). `validation` says what the
 run validated on: the test split (the thesis's choice, so valid_acc is an optimistic test figure) or a held-out share
 of train, in which case `test_acc` / `test_top5` are best.ckpt's accuracy on the untouched test split.
+
+The status column says how each run ended (summary.json's status): finished, early_stopped, interrupted,
+failed, or pruned (a sweep's trial).
 """
 
 from __future__ import annotations
@@ -27,6 +30,13 @@ COLUMNS = ["run", "ID", "description", "epochs", "min_train_loss", "min_valid_lo
            "max_valid_acc", "max_valid_acc_epoch", "best_checkpoint_epoch", "best_checkpoint_valid_acc", "test_acc",
            "test_top5", "validation"]
 ID_PATTERN = re.compile(r"^[A-Z]+-\d+$")
+# How the run ended, shown after its epochs.
+TABLE_COLUMNS = [*COLUMNS[:4], "status", *COLUMNS[4:]]
+
+
+def run_status(summary: dict[str, Any]) -> str:
+    """summary.json's status; summaries written before it was recorded say only whether the run stopped early."""
+    return summary.get("status") or ("early_stopped" if summary.get("early_stopped") else "finished")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -51,6 +61,8 @@ def run_row(run_dir: Path) -> dict[str, Any] | None:
         "ID": ", ".join(ids or tags),
         "description": config.get("description") or "",
         "epochs": summary.get("epochs_run"),
+        "status": run_status(summary),
+        "tags": tags,
         **{name: summary.get(name) for name in COLUMNS[4:-1]},
         # runs written before validation_split existed validated on the test split
         "validation": _validation(summary.get("validation_split", "test")),
@@ -61,14 +73,19 @@ def _validation(split: Any) -> str:
     return "test split" if split == "test" else f"{split} of train"
 
 
-def summary_table(output_path: Path) -> pd.DataFrame:
-    """Rows of every run folder under output_path, sorted by max valid accuracy (best first, runs without last)."""
+def summary_table(output_path: Path, tags: list[str] | None = None) -> pd.DataFrame:
+    """Rows of every run folder under output_path (with one of `tags`, when given), sorted by max valid accuracy
+    (best first, runs without last)."""
     rows = [row for d in sorted(output_path.iterdir()) if d.is_dir() and (row := run_row(d))] \
         if output_path.is_dir() else []
     if not rows:
         raise UserError(f"no run folders with a summary.json under {output_path} (set --output-path to the config's "
                         f"output_path)")
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    if tags:
+        rows = [row for row in rows if set(row["tags"]) & set(tags)]
+        if not rows:
+            raise UserError(f"no run under {output_path} is tagged {' or '.join(tags)}")
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     return table.sort_values("max_valid_acc", ascending=False, na_position="last", kind="stable")
 
 
@@ -98,11 +115,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder holding the run folders (default: %(default)s)")
     parser.add_argument("--format", choices=("markdown", "csv"), default="markdown",
                         help="table format (default: %(default)s)")
+    parser.add_argument("--tag", dest="tags", action="extend", nargs="+", default=[], metavar="TAG",
+                        help="only runs holding one of these tags, e.g. C-50 or a thesis section 4.2.14")
     parser.add_argument("--with-thesis", action="store_true",
                         help="add the 2020 run of each run's thesis ID: its best valid_acc, its epochs and the "
                              "difference (vs_thesis_acc, this run minus 2020)")
     args = parser.parse_args(argv)
-    table = summary_table(Path(args.output_path))
+    table = summary_table(Path(args.output_path), args.tags)
     if args.with_thesis:
         from utils.thesis_runs import thesis_columns
 
