@@ -1,1 +1,1 @@
-"""Side-by-side speed benchmarks: data pipeline and training throughput (see documentation/performance.md)."""
+"""Speed benchmarks, one per user question (documentation/performance.md); figures in benchmarks/RESULTS.md."""

@@ -1,4 +1,4 @@
-"""Data pipeline throughput, images/s per core: the thesis's per-item chain vs the project's cached uint8 path.
+"""Is my data pipeline the bottleneck? Images/s per core: the thesis's per-item chain vs the project's cached path.
 
     python -m benchmarks.data_pipeline [--images 512] [--epochs 3] [--workers 0]
 

@@ -1,4 +1,4 @@
-"""Wall time of real training epochs through train.py's `train()`, and the C-50 time projected from them.
+"""How long does a whole C-50 run take here? Real training epochs through `train()`, and C-50 projected from them.
 
     python -m benchmarks.epoch_time [--train-images 8144] [--test-images 8041] [--epochs 4] [--set KEY=VALUE ...]
         [--versus KEY=VALUE ...]

@@ -61,7 +61,7 @@ BENCH="--batches $BATCHES --image-size $SIZE --batch-size $BATCH --precisions 32
 BENCH_DATA=/tmp/cars-bench-throughput
 EPOCH_DATA=/tmp/cars-bench-epochs
 PROFILE_DATA=/tmp/cars-bench-profile
-# The fastest setting measured on an H100 (2026-11-26): fp32 beat bf16-mixed there (see documentation/performance.md).
+# The fastest setting measured on an H100 (2026-11-26): fp32 beat bf16-mixed there (see benchmarks/RESULTS.md).
 FAST="gpu_augmentations=true channels_last=true image_size=[$SIZE,$SIZE] batch_size=$BATCH"
 START=$(date +%s)
 DATA_PID=""
@@ -149,14 +149,14 @@ want throughput && step throughput 240 $PY -m benchmarks.training_throughput $BE
 want compile-default && step compile-default 240 $PY -m benchmarks.training_throughput $BENCH --compile on \
     --compile-mode default --data-dir $BENCH_DATA
 # 30 steps: torch.profiler's trace of 100 took too long to read back within the limit (2026-11-26).
-want step-graph && step step-graph 200 $PY -m benchmarks.step_graph --batches $BATCHES --image-size $SIZE \
+want step-graph && step step-graph 200 $PY -m benchmarks.diagnostics.step_graph --batches $BATCHES --image-size $SIZE \
     --batch-size $BATCH
-want profile && step profile 200 $PY -m benchmarks.step_profile --batches 30 --data-dir $PROFILE_DATA \
+want profile && step profile 200 $PY -m benchmarks.diagnostics.step_profile --batches 30 --data-dir $PROFILE_DATA \
     --set $FAST compile=true
-want profile-eager && step profile-eager 100 $PY -m benchmarks.step_profile --batches 30 \
+want profile-eager && step profile-eager 100 $PY -m benchmarks.diagnostics.step_profile --batches 30 \
     --data-dir $PROFILE_DATA --set $FAST
-want overhead && step overhead 60 $PY -m benchmarks.loop_overhead --rounds 3
-want syncs && step syncs 120 $PY -m benchmarks.sync_report --batches 20 --set gpu_augmentations=true channels_last=true
+want overhead && step overhead 60 $PY -m benchmarks.diagnostics.loop_overhead --rounds 3
+want syncs && step syncs 120 $PY -m benchmarks.diagnostics.sync_report --batches 20 --set gpu_augmentations=true channels_last=true
 want pipeline && step pipeline 150 $PY -m benchmarks.data_pipeline --images 1024 --epochs 3
 want epochs && step epochs 200 $PY -m benchmarks.epoch_time --epochs "$EPOCHS" --train-images "$TRAIN" --test-images "$TEST" \
     --data-dir $EPOCH_DATA --set $FAST

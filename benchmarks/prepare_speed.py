@@ -1,4 +1,4 @@
-"""Time `prepare_dataset` against a plain `tar -xzf` of the same synthetic `car_ims.tgz`.
+"""How long does preparing the dataset take? `prepare_dataset` against a plain `tar -xzf` of the same archive.
 
 Writes an updated-release synthetic download of about `--images` JPEGs of about 700x480 pixels (Stanford Cars's
 typical size) into a temporary folder, extracts it with `tar -xzf`, prepares it with `prepare_dataset`, and prints

@@ -1,4 +1,4 @@
-"""Training throughput of GhostNet at the thesis's batch 64 and 227 px: model-only vs the full pipeline.
+"""How fast does my GPU train? GhostNet at the thesis's batch 64 and 227 px: model-only vs the full pipeline.
 
     python -m benchmarks.training_throughput [--batches 20] [--image-size 227] [--batch-size 64] [--device auto]
 

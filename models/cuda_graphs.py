@@ -1,6 +1,6 @@
 """A training batch's forward, loss and backward as one CUDA graph (`cuda_graphs: true`).
 
-On an H100 a compiled GhostNet step was bound by the host (2026-11-26, documentation/performance.md): even with
+On an H100 a compiled GhostNet step was bound by the host (2026-11-26, benchmarks/RESULTS.md): even with
 torch.compile's own CUDA graphs, the host's forward and backward took about 12 ms of a 19 ms step, presumably the
 Python around each replay and the gradients handed back one tensor at a time. Here the whole of that work is one
 `torch.cuda.graph`: a step copies its batch into the graph's input buffers and replays it, and the gradients land
@@ -8,7 +8,7 @@ in the same tensors every time, already attached to the parameters. Lightning's 
 and the checkpoints stay as they are (NetModule skips Lightning's backward and zero_grad for a replayed batch).
 NetModule records its on-device preprocessing in the same graph: its inputs are the batch as it arrives (uint8
 images and the augmentation parameters the workers drew). On an H100 (2026-11-26) the full pipeline trained at
-88 % of this model-only step, 94 % with compile (documentation/performance.md).
+88 % of this model-only step, 94 % with compile (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

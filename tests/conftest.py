@@ -44,3 +44,26 @@ def write_prepared(root: Path, classes: int = 3, train_per_class: int = 4, test_
 @pytest.fixture
 def prepared(tmp_path: Path) -> Path:
     return write_prepared(tmp_path / "stanford")
+
+
+@pytest.fixture(scope="session")
+def generated_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic raw data prepared by the real code (3 classes, 4 + 2 images each), made once per session.
+
+    Tests only read it: one that needs to change the data copies it first.
+    """
+    from tests.helpers import generated_prepared_data
+
+    return generated_prepared_data(tmp_path_factory.mktemp("generated"))
+
+
+@pytest.fixture(scope="session")
+def trained_run(generated_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run folder of one one-epoch training of the real code on `generated_data` (tiny CPU config), made once
+    per session; tests read its checkpoints and may add files beside them (models/evaluate.py's `evaluation/`)."""
+    from tests.helpers import tiny_config
+    from train import train
+    from utils.configuration import load_config
+
+    base = tmp_path_factory.mktemp("trained")
+    return train(load_config(str(tiny_config(base, generated_data, num_epochs=1))))

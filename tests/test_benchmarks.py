@@ -55,6 +55,7 @@ def test_markdown_table_has_header_alignment_and_rows() -> None:
     assert markdown_table(["a", "b"], [["x", "1"]]).splitlines() == ["| a | b |", "| :--- | ---: |", "| x | 1 |"]
 
 
+@pytest.mark.slow  # the benchmark script's own run
 def test_data_pipeline_prints_every_path_with_a_ratio_to_the_baseline() -> None:
     output = run_script("benchmarks.data_pipeline", "--images", "16", "--epochs", "1", "--batch-size", "8")
     rows = table_rows(output)
@@ -75,6 +76,7 @@ def test_data_pipeline_prints_every_path_with_a_ratio_to_the_baseline() -> None:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("models.arch_dict") is None, reason="models/arch_dict.py not merged")
+@pytest.mark.slow  # the benchmark script's own run
 def test_training_throughput_prints_each_setting_and_a_consistent_c50_projection() -> None:
     output = run_script("benchmarks.training_throughput", "--batches", "2", "--warmup", "1", "--batch-size", "4",
                         "--valid-batch-size", "4",
@@ -113,6 +115,7 @@ def test_generation_refuses_a_non_empty_folder_it_did_not_write_and_keeps_its_fi
     assert len(list((tmp_path / "again" / "train").iterdir())) == 3
 
 
+@pytest.mark.slow  # the benchmark script's own run
 def test_epoch_time_projects_c50_from_the_epochs_of_one_real_run() -> None:
     output = run_script("benchmarks.epoch_time", "--train-images", "16", "--test-images", "8", "--epochs", "3",
                         "--set", "image_size=[32, 32]", "num_workers=0", "batch_size=8")
@@ -133,6 +136,7 @@ def test_epoch_time_projects_c50_from_the_epochs_of_one_real_run() -> None:
     assert sum(float(values[0]) for name, values in phases.items() if "epoch end" not in name) <= first + 0.05
 
 
+@pytest.mark.slow  # the benchmark script's own run
 def test_epoch_time_versus_runs_a_second_config_and_prints_both_side_by_side() -> None:
     output = run_script("benchmarks.epoch_time", "--train-images", "16", "--test-images", "8", "--epochs", "2",
                         "--set", "image_size=[32, 32]", "num_workers=0", "batch_size=8",
@@ -168,7 +172,7 @@ def test_epoch_printer_prints_only_its_own_runs_metrics(tmp_path: Path, capsys: 
 
 
 def test_memory_traffic_counts_reads_and_writes_of_kernels_and_nothing_for_views() -> None:
-    from benchmarks.op_count import count_bytes
+    from benchmarks.diagnostics.op_count import count_bytes
 
     a, b, out = torch.rand(1000), torch.rand(1000), torch.empty(1000)
     one = torch.rand(1)
@@ -180,8 +184,9 @@ def test_memory_traffic_counts_reads_and_writes_of_kernels_and_nothing_for_views
     assert count_bytes(lambda: torch._foreach_mul_([a, b], 2.0)) == 4 * 4000  # a returned-nothing in-place op
 
 
+@pytest.mark.slow  # the benchmark script's own run
 def test_op_count_reports_the_network_and_each_device_augmentation() -> None:
-    output = run_script("benchmarks.op_count", "--batch-size", "2", "--image-size", "32")
+    output = run_script("benchmarks.diagnostics.op_count", "--batch-size", "2", "--image-size", "32")
     cells = {row[0].strip(): int(row[1]) for row in table_rows(output) if row[1].isdigit()}  # both tables
     network = cells["network: forward + backward (training)"]
     preprocessing_label = ("preprocessing: uint8 -> float, device augmentations (parameters from the workers), "
@@ -213,8 +218,9 @@ def test_op_count_reports_the_network_and_each_device_augmentation() -> None:
     assert share == round(100 * model_only / full)
 
 
+@pytest.mark.slow  # the benchmark script's own run
 def test_loop_overhead_reports_each_loop_against_the_plain_one() -> None:
-    output = run_script("benchmarks.loop_overhead", "--steps", "60", "--rounds", "1")
+    output = run_script("benchmarks.diagnostics.loop_overhead", "--steps", "60", "--rounds", "1")
     rows = {row[0]: (float(row[1]), float(row[2])) for row in table_rows(output)}
     assert list(rows) == ["plain PyTorch loop", "Lightning, no progress bar", "Lightning, progress bar"]
     plain = rows["plain PyTorch loop"][0]
@@ -236,8 +242,9 @@ def test_the_device_row_runs_the_modules_own_preprocessing() -> None:
     torch.testing.assert_close(out, module.preprocess(images, train=True, drawn=drawn))
 
 
+@pytest.mark.slow  # the benchmark script's own run
 def test_step_profile_reports_the_hosts_time_per_lightning_action() -> None:
-    output = run_script("benchmarks.step_profile", "--batches", "3", "--warmup", "1",
+    output = run_script("benchmarks.diagnostics.step_profile", "--batches", "3", "--warmup", "1",
                         "--set", "image_size=[32,32]", "batch_size=4", "num_workers=0", "accelerator=cpu")
     rows = {row[0]: float(row[1]) for row in table_rows(output)}
     step = rows["run_training_batch"]
@@ -250,14 +257,14 @@ def test_step_profile_reports_the_hosts_time_per_lightning_action() -> None:
 
 
 def test_busy_seconds_counts_overlapping_kernels_once() -> None:
-    from benchmarks.step_profile import busy_seconds
+    from benchmarks.diagnostics.step_profile import busy_seconds
 
     assert busy_seconds([(5.0, 6.0), (0.0, 2.0), (1.0, 3.0), (1.5, 2.5)]) == pytest.approx(4.0)
     assert busy_seconds([]) == 0
 
 
 def test_kernel_rows_rank_device_activities_per_step() -> None:
-    from benchmarks.step_profile import kernel_rows
+    from benchmarks.diagnostics.step_profile import kernel_rows
 
     events = [("conv", 0.0, 0.004), ("copy", 0.001, 0.002), ("conv", 0.010, 0.014), ("relu", 0.020, 0.021)]
     busy, rows = kernel_rows(events, steps=2)
@@ -267,13 +274,14 @@ def test_kernel_rows_rank_device_activities_per_step() -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+@pytest.mark.slow  # the benchmark script's own run
 def test_step_graph_needs_cuda_unless_it_only_checks_its_plumbing() -> None:
-    refused = run_module("benchmarks.step_graph", ["--batches", "2"])
+    refused = run_module("benchmarks.diagnostics.step_graph", ["--batches", "2"])
     assert refused.returncode != 0 and "needs a CUDA GPU" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     # a dry run captures no graph (the whole step's or TrainingGraph's): those variants then train exactly as the
     # eager run does, from the same weights on the same batches
-    output = run_script("benchmarks.step_graph", "--dry-run", "--batches", "3", "--image-size", "32",
+    output = run_script("benchmarks.diagnostics.step_graph", "--dry-run", "--batches", "3", "--image-size", "32",
                         "--batch-size", "4", "--variants", "b", "e", "g")
     rows = table_rows(output)
     assert [row[0][:3] for row in rows] == ["(b)", "(e)", "(g)"]
@@ -283,8 +291,9 @@ def test_step_graph_needs_cuda_unless_it_only_checks_its_plumbing() -> None:
     assert "DRY RUN" in output
 
 
+@pytest.mark.slow  # the benchmark's own run
 def test_step_graph_reports_a_failing_variant_and_still_measures_the_others(monkeypatch, capsys) -> None:
-    from benchmarks import step_graph
+    from benchmarks.diagnostics import step_graph
 
     def fails(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise RuntimeError("operation not permitted when stream is capturing\nsecond line")

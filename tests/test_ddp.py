@@ -33,7 +33,8 @@ def single_process_accuracy(checkpoint: Path, config: dict) -> float:
     return float((predictions == labels).float().mean())
 
 
-@pytest.mark.parametrize("strategy", ["ddp", pytest.param("ddp_spawn", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
+@pytest.mark.slow  # DDP: two training processes
 def test_two_process_run_writes_one_run_and_validates_the_whole_split(data: Path, tmp_path: Path,
                                                                       strategy: str) -> None:
     import yaml

@@ -24,6 +24,7 @@ def run_demo(folder: Path, extra: list[str]) -> Path:
     return run_dir
 
 
+@pytest.mark.slow  # generates, prepares and trains in a subprocess; the default run proves each part apart
 def test_demo_generates_prepares_and_trains_from_an_empty_folder(tmp_path: Path) -> None:
     run_dir = run_demo(tmp_path, ["--set", "num_epochs=2"])
     metrics = pd.read_csv(run_dir / "metrics.csv")

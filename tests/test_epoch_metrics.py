@@ -8,7 +8,7 @@ import torch
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from benchmarks.op_count import count_ops
+from benchmarks.diagnostics.op_count import count_ops
 from models.epoch_metrics import LossAndAccuracy
 
 CLASSES = 7

@@ -12,20 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import generated_prepared_data, run_module, tiny_config
+from tests.helpers import run_module
 from utils.errors import UserError
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def checkpoint(trained_run: Path) -> Path:
     """best.ckpt of a one-epoch run of the real training code on generated data (normalised RGB, 64 px)."""
-    from train import train
-    from utils.configuration import load_config
-
-    base = tmp_path_factory.mktemp("export")
-    data = generated_prepared_data(base)
-    run_dir = train(load_config(str(tiny_config(base, data, num_epochs=1))))
-    return run_dir / "checkpoints" / "best.ckpt"
+    return trained_run / "checkpoints" / "best.ckpt"
 
 
 @pytest.fixture(scope="module")

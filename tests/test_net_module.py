@@ -22,6 +22,7 @@ def test_checkpoint_state_holds_each_weight_once_under_net() -> None:
     assert len(keys) == len(module.net.state_dict())
 
 
+@pytest.mark.slow  # torch.compile on the CPU
 def test_compiled_module_saves_the_same_keys_and_loads_into_an_uncompiled_one() -> None:
     compiled = NetModule("ghost", num_classes=5, compile=True)  # compilation itself waits for the first forward
     plain = NetModule("ghost", num_classes=5)
@@ -41,6 +42,7 @@ def test_a_compiled_module_pickles_and_comes_back_compiled_around_its_own_networ
     assert plain._compiled_net is None and plain._compiled_preprocess is None
 
 
+@pytest.mark.slow  # torch.compile on the CPU
 def test_compile_also_compiles_the_preprocessing_in_one_graph_with_the_eager_results() -> None:
     augmentations = validate({})["image_augmentations"]  # flip, affine and colour jitter by default
     # Bilinear: with nearest, float rounding differences between compiled and eager code can move a sample point

@@ -23,8 +23,9 @@ from tests.helpers import ROOT, generated_prepared_data, tiny_config
 
 KERNEL = "python3"
 
-pytestmark = pytest.mark.skipif(KERNEL not in find_kernel_specs(),
-                                reason="no 'python3' Jupyter kernel: pip install ipykernel (dev_requirements.txt)")
+pytestmark = [pytest.mark.skipif(KERNEL not in find_kernel_specs(),
+                                 reason="no 'python3' Jupyter kernel: pip install ipykernel (dev_requirements.txt)"),
+              pytest.mark.slow]  # each test starts a Jupyter kernel; three of them train
 
 
 def with_parameters(path: Path, parameters: dict[str, Any]) -> nbformat.NotebookNode:

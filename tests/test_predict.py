@@ -8,18 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import generated_prepared_data, run_script, tiny_config
+from tests.helpers import run_script
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A one-epoch run of the real training code on generated data (3 classes, 2 test images each)."""
-    from train import train
-    from utils.configuration import load_config
-
-    base = tmp_path_factory.mktemp("predict")
-    data = generated_prepared_data(base)
-    return train(load_config(str(tiny_config(base, data, num_epochs=1))))
+@pytest.fixture
+def run_dir(trained_run: Path) -> Path:
+    """A one-epoch run of the real training code on generated data (3 classes, 2 test images each), once a session."""
+    return trained_run
 
 
 @pytest.fixture

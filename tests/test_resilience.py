@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.helpers import ROOT, generated_prepared_data, run_train, tiny_config
+from tests.helpers import ROOT, run_train, tiny_config
 from utils.configuration import validate
 from utils.errors import ConfigError
 from utils.resilience import find_resume_checkpoint
@@ -23,9 +23,9 @@ RECIPE = {"num_epochs": EPOCHS, "seed": 7, "lr_scheduler": "MultiStepLR",
           "lr_scheduler_params": {"gamma": 0.1, "milestones": [2, 3]}}
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generated_prepared_data(tmp_path_factory.mktemp("data"))
+@pytest.fixture
+def data(generated_data: Path) -> Path:
+    return generated_data  # made once per session (tests/conftest.py); read only
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,7 @@ def rows(metrics_csv: Path) -> int:
         return 0
 
 
+@pytest.mark.slow  # SIGTERM and resume: three trainings in subprocesses
 def test_sigterm_then_resume_gives_contiguous_epochs_and_the_uninterrupted_metrics(
         data: Path, tmp_path: Path, uninterrupted: pd.DataFrame) -> None:
     tracking_uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
@@ -95,6 +96,7 @@ def test_sigterm_then_resume_gives_contiguous_epochs_and_the_uninterrupted_metri
     assert sorted({point.step for point in history}) == list(range(EPOCHS))
 
 
+@pytest.mark.slow  # two 4-epoch trainings in subprocesses
 def test_two_runs_with_the_same_seed_write_identical_metrics(data: Path, tmp_path: Path,
                                                               uninterrupted: pd.DataFrame) -> None:
     config = tiny_config(tmp_path, data, run_name="again", deterministic=True, **RECIPE)

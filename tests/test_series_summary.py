@@ -107,6 +107,7 @@ def test_summary_without_runs_is_a_one_line_error(tmp_path: Path) -> None:
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no run folders" in result.stderr
 
 
+@pytest.mark.slow  # a series of trainings in subprocesses
 def test_series_goes_on_after_a_failed_run_skips_finished_runs_when_rerun_and_ends_with_a_table(tmp_path: Path
                                                                                                  ) -> None:
     data = generated_prepared_data(tmp_path / "data")

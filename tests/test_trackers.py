@@ -274,6 +274,7 @@ def stop_process_group(process: subprocess.Popen) -> None:
             time.sleep(0.2)
 
 
+@pytest.mark.slow  # starts an MLflow server
 def test_mlflow_server_rest_api_finds_the_run(mlflow_store: dict) -> None:
     config = mlflow_store["config"]
     port = free_port()
@@ -349,6 +350,7 @@ def test_neptune_offline_run_is_written_locally_without_token_or_network(
 # --- train.py end to end ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a training in a subprocess
 def test_train_logs_to_mlflow_and_neptune_offline_and_the_token_appears_nowhere(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -377,6 +379,7 @@ def test_train_logs_to_mlflow_and_neptune_offline_and_the_token_appears_nowhere(
     assert_token_absent(tmp_path, result.stdout, result.stderr, given_in=config)
 
 
+@pytest.mark.slow  # a training in a subprocess, interrupted
 def test_an_interrupted_run_still_gets_its_plots_and_a_killed_tracker_run(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import ROOT, generated_prepared_data, run_train, tiny_config
+from tests.helpers import ROOT, run_train, tiny_config
 from utils.run_outputs import METRIC_COLUMNS
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generated_prepared_data(tmp_path_factory.mktemp("data"))
+@pytest.fixture
+def data(generated_data: Path) -> Path:
+    return generated_data  # made once per session (tests/conftest.py); read only
 
 
 def test_training_writes_the_run_folder_contract_and_drops_lr_at_milestones(data: Path, tmp_path: Path) -> None:
@@ -69,6 +69,7 @@ def test_training_writes_the_run_folder_contract_and_drops_lr_at_milestones(data
     assert "so the 2 epochs left of num_epochs=3 would take about" in result.stdout
 
 
+@pytest.mark.slow  # a training of up to 8 epochs in a subprocess
 def test_early_stopping_stops_after_the_patience(data: Path, tmp_path: Path) -> None:
     # A high learning rate makes the validation loss stop improving; the run must stop exactly where the rule says
     # (a non-finite loss stops it at once).
@@ -138,6 +139,7 @@ def test_user_errors_are_one_line_with_exit_code_2(data: Path, tmp_path: Path, c
     assert not (tmp_path / "output").exists() or not any((tmp_path / "output").iterdir())  # no half-made run
 
 
+@pytest.mark.slow  # a training beyond the main path
 def test_an_epoch_that_would_end_with_a_batch_of_one_leaves_that_image_out(data: Path, tmp_path: Path,
                                                                             caplog) -> None:
     """12 training images in batches of 11: batch norm cannot train on the 12th alone (GhostNet's head fails)."""
@@ -194,6 +196,7 @@ def test_our_datasets_package_does_not_break_the_libraries_we_import() -> None:
 
 
 @pytest.mark.parametrize("cache_images, num_workers", [(True, 0), (False, 1)])
+@pytest.mark.slow  # a training in a subprocess per case
 def test_corrupt_image_fails_the_run_in_one_line_naming_the_file(data: Path, tmp_path: Path, cache_images: bool,
                                                                  num_workers: int) -> None:
     import shutil
@@ -212,6 +215,7 @@ def test_corrupt_image_fails_the_run_in_one_line_naming_the_file(data: Path, tmp
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.slow  # a training in a subprocess
 def test_device_options_train_end_to_end_on_the_cpu(data: Path, tmp_path: Path) -> None:
     # gpu_augmentations runs the per-sample augmenter wherever the batch is (here the CPU); bf16 autocast and
     # channels_last are the GPU speed options, valid on the CPU too.
@@ -249,6 +253,7 @@ def test_bad_scheduler_parameters_fail_before_any_run_folder_exists(data: Path, 
 
 
 @pytest.mark.parametrize("async_checkpoints", [True, False])
+@pytest.mark.slow  # two 2-epoch trainings on a slowed disk
 def test_checkpoints_are_written_by_a_thread_and_complete_when_train_returns(data: Path, tmp_path: Path, monkeypatch,
                                                                              async_checkpoints: bool) -> None:
     """With async_checkpoints the files are written off the training thread, on a disk slowed down here: train()

@@ -140,6 +140,7 @@ print(dict(counters["inductor"]))
 """
 
 
+@pytest.mark.slow  # torch.compile on the CPU in two processes
 def test_a_compile_cache_dir_keeps_what_one_process_compiled_for_the_next(tmp_path: Path) -> None:
     """Two processes, as two runs on fresh machines sharing a folder: the second finds the first's compiled graph
     there (torch's own default folder is elsewhere, so a hit can only come from compile_cache_dir)."""

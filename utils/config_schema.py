@@ -165,9 +165,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("batch_size", "network", 64, POS_INT, "Images per training batch (per device), at least 2 (batch norm). "
         "When an epoch would end with a batch of one image, that image is left out of the epoch (with a warning)."),
     Key("valid_batch_size", "network", None, POS_INT,
-        "Images per validation batch (per device); null = 4 x batch_size. Validation keeps no activations for a "
-        "backward pass, so larger batches fit, and in eval mode the results do not depend on the batch size; "
-        "fewer, larger batches mean fewer kernel launches per image.", nullable=True),
+        "Images per validation batch (per device); null = 4 x batch_size. Larger batches fit (validation keeps no "
+        "activations), give the same results and launch fewer kernels per image.", nullable=True),
     Key("num_epochs", "network", 200, POS_INT, "Maximum number of epochs."),
     Key("dropout", "network", 0.2, PROBABILITY, "Dropout rate before the last Linear layer (GhostNet only)."),
     Key("output_channels", "network", 320, POS_INT,
@@ -218,22 +217,19 @@ SCHEMA: tuple[Key, ...] = (
     Key("compile", "hardware", False, BOOL, "Compile the network and the on-device preprocessing (conversion, "
         "augmentations, Normalize) with torch.compile."),
     Key("compile_mode", "hardware", "reduce-overhead", STR, "torch.compile's mode when compile is true: "
-        "reduce-overhead replays the compiled kernels as CUDA graphs (GhostNet's training step 2.2x eager's on an "
-        "H100, where default was slower than eager; on a CPU it is default), default, or max-autotune (long "
-        "compilation).", choices=("default", "reduce-overhead", "max-autotune")),
+        "reduce-overhead replays the compiled kernels as CUDA graphs (on a CPU it is default), default, or "
+        "max-autotune (long compilation). See documentation/performance.md.",
+        choices=("default", "reduce-overhead", "max-autotune")),
     Key("compile_cache_dir", "hardware", None, PATH, "Where torch.compile keeps what it compiled "
-        "(TORCHINDUCTOR_CACHE_DIR), for later runs to reuse; null = torch's default in the system's temporary "
-        "folder. In a folder that outlives the machine (on Colab, one on Drive), a later run on a machine of the same "
-        "kind, with the same torch, finds it (on an H100 the first epoch took 129 s with empty caches, 52 s with "
-        "caches warm from an earlier run on that machine).", nullable=True),
+        "(TORCHINDUCTOR_CACHE_DIR); null = torch's default in the system's temporary folder. A folder that outlives "
+        "the machine (on Colab, one on Drive) lets later runs on the same kind of machine, with the same torch, "
+        "compile faster.", nullable=True),
     Key("cuda_graphs", "hardware", "auto", AUTO_BOOL, "Replay each training batch's on-device preprocessing, forward, "
-        "loss and backward as one CUDA graph (torch.cuda.graph), captured at the first training batch: less host "
-        "time per step for a small network on a GPU; the optimizer step stays eager. Batches of other sizes, "
-        "validation and inference run eagerly. One CUDA GPU, precision 32-true; with compile, compile_mode default. "
-        "The fastest setting measured on an H100: C-50 projected at 9.0 min from real epochs with compile off. "
-        "auto = on for a run on one CUDA GPU with precision 32-true (and no compile_mode that replays graphs "
-        "itself), off otherwise; a step that cannot be graphed then trains eagerly, with a warning, where true "
-        "stops with an error."),
+        "loss and backward as one CUDA graph; the optimizer step, other batch sizes and validation run eagerly. "
+        "The fastest setting measured on a GPU (documentation/performance.md); one CUDA GPU, precision 32-true, "
+        "with compile only with compile_mode default. auto = on where it applies (one CUDA GPU, 32-true, no "
+        "compile_mode that replays graphs itself), off otherwise; a step that cannot be graphed then trains eagerly "
+        "with a warning, where true stops with an error."),
     Key("async_checkpoints", "hardware", True, BOOL, "Write checkpoints from a background thread while the next "
         "epoch trains (Lightning's AsyncCheckpointIO; the weights are copied first). A run waits for the writing "
         "before it ends, however it ends."),

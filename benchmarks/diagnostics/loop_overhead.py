@@ -1,12 +1,12 @@
 """Host time per training step that Lightning's loop adds, measured side by side with a plain PyTorch loop.
 
-    python -m benchmarks.loop_overhead [--steps 400] [--rounds 2]
+    python -m benchmarks.diagnostics.loop_overhead [--steps 400] [--rounds 2]
 
 A trivial model (one Linear layer on 4 x 8 inputs, AdamW, cross-entropy) makes each step's own work tiny, so the
 difference between the loops is what Lightning does per step besides the model: fetching through a DataLoader,
 hooks, the closure around the optimizer step, result bookkeeping, and (third row) refreshing its progress bar. On a
 GPU a small network's step is bound by the CPU, so this host time counts against the full pipeline in
-`benchmarks.training_throughput` just as extra kernels do (`benchmarks.op_count` counts those). Each row is the
+`benchmarks.training_throughput` just as extra kernels do (`benchmarks.diagnostics.op_count` counts those). Each row is the
 median of the rounds, which alternate between the loops; the first 50 steps of each run are not timed.
 """
 

@@ -1,6 +1,6 @@
 """What CUDA graphs around more of the training step would gain: GhostNet's model-only step run seven ways.
 
-    python -m benchmarks.step_graph [--batches 100] [--image-size 227] [--batch-size 64] [--variants a b c d e f g]
+    python -m benchmarks.diagnostics.step_graph [--batches 100] [--image-size 227] [--batch-size 64] [--variants a b c d e f g]
 
 On an H100 (2026-11-26) a compiled training step was bound by the host: torch.compile's CUDA graphs cover the
 network's forward and backward, but the Python around them (the graph trees' bookkeeping, the gradients handed back
@@ -224,7 +224,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.dry_run and not torch.cuda.is_available():
-        raise UserError("benchmarks.step_graph captures CUDA graphs: it needs a CUDA GPU (--dry-run checks the "
+        raise UserError("benchmarks.diagnostics.step_graph captures CUDA graphs: it needs a CUDA GPU (--dry-run checks the "
                         "plumbing without one)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = validate({"image_size": [args.image_size, args.image_size], "batch_size": args.batch_size,

@@ -1,7 +1,7 @@
 """Operator counts and memory traffic of one training step: the network vs the on-device preprocessing, and a
 whole training iteration through Lightning vs the model-only loop.
 
-    python -m benchmarks.op_count [--batch-size 64] [--image-size 227]
+    python -m benchmarks.diagnostics.op_count [--batch-size 64] [--image-size 227]
 
 On a GPU a small network such as GhostNet is bound by the CPU's cost of launching its many small kernels, not by
 the GPU's arithmetic, so the number of operators each part of a step dispatches predicts its share of the step's

@@ -1,7 +1,7 @@
 """Where a full-pipeline training step spends its time: the host's share per Lightning action, and (with a GPU) how
 busy the GPU is and with which kernels.
 
-    python -m benchmarks.step_profile [--batches 50] [--warmup 10] [--set KEY=VALUE ...] [--data-dir DIR]
+    python -m benchmarks.diagnostics.step_profile [--batches 50] [--warmup 10] [--set KEY=VALUE ...] [--data-dir DIR]
 
 Runs Lightning's Trainer over the real DataModule and NetModule on generated 700x480 JPEGs, with the default (C-50)
 config plus `--set` overrides (e.g. `gpu_augmentations=true channels_last=true compile=true`), for `--warmup` +

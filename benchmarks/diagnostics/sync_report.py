@@ -1,6 +1,6 @@
 """Where a training run makes the CPU wait for the GPU: host-device syncs per batch, counted by call site (CUDA only).
 
-    python -m benchmarks.sync_report [--batches 20] [--set KEY=VALUE ...]
+    python -m benchmarks.diagnostics.sync_report [--batches 20] [--set KEY=VALUE ...]
 
 Runs Lightning's Trainer over the real DataModule and NetModule on generated data with
 `torch.cuda.set_sync_debug_mode("warn")` switched on after the warm-up batches, and prints each call site (the

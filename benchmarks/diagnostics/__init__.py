@@ -1,0 +1,1 @@
+"""Diagnostics that take a GPU training step apart (operator counts, syncs, profiles, CUDA graphs, loop overhead)."""
