@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+# A user's own config.yml (README: cp config_template.yml config.yml) must not change what the tests run; the
+# scripts the tests start inherit this too. Tests of the local settings unset it.
+os.environ["CARS_LOCAL_CONFIG"] = ""
 
 COLUMNS = ["image_fname", "class", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class_name"]
 

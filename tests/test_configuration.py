@@ -89,9 +89,7 @@ def test_missing_config_file_is_named(tmp_path: Path) -> None:
 
 
 def test_template_is_read_when_config_yml_is_missing(tmp_path: Path, monkeypatch, caplog) -> None:
-    monkeypatch.chdir(tmp_path)
-    if (PROJECT_ROOT / "config.yml").exists():
-        pytest.skip("a config.yml exists in the project root")
+    monkeypatch.chdir(tmp_path)  # the suite runs without local settings (CARS_LOCAL_CONFIG empty, conftest.py)
     with caplog.at_level("WARNING", logger="cars"):
         config = load_config(None)
     assert config == defaults()
@@ -151,7 +149,8 @@ LOCAL_SETTINGS = {
 
 
 def with_local_settings(folder: Path, monkeypatch) -> Path:
-    """A user's config.yml in `folder`, made the current folder."""
+    """A user's config.yml in `folder`, made the current folder (and read: CARS_LOCAL_CONFIG unset)."""
+    monkeypatch.delenv("CARS_LOCAL_CONFIG", raising=False)
     (folder / "config.yml").write_text(yaml.safe_dump(LOCAL_SETTINGS))
     monkeypatch.chdir(folder)
     return folder / "config.yml"
@@ -195,6 +194,7 @@ def test_no_local_config_runs_the_recipe_on_the_schema_defaults_alone(tmp_path: 
 def test_an_error_in_the_local_settings_names_config_yml(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "config.yml").write_text("num_workers: many\n")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CARS_LOCAL_CONFIG", raising=False)
     with pytest.raises(ConfigError, match="num_workers in config.yml is 'many'"):
         load_config(str(PROJECT_ROOT / "configs" / "thesis" / "C-50.yml"))
 
@@ -227,3 +227,23 @@ def test_training_warns_when_config_yml_sets_recipe_keys_the_recipe_leaves_to_it
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "config.yml sets early_stopping_patience, which" in warnings[0]
     assert "batch_size" not in warnings[0] and "num_workers" not in warnings[0]  # named by C-50 / not recipe keys
+
+
+def test_cars_local_config_names_the_local_settings_or_none(tmp_path: Path, monkeypatch) -> None:
+    """CARS_LOCAL_CONFIG: a file read as config.yml would be, empty for no local settings, one line for a typo."""
+    from utils.configuration import resolve_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yml").write_text(yaml.safe_dump({"num_epochs": 7}))
+    (tmp_path / "mine.yml").write_text(yaml.safe_dump({"num_epochs": 3}))
+    recipe = str(PROJECT_ROOT / "configs" / "thesis" / "C-50.yml")
+    monkeypatch.setenv("CARS_LOCAL_CONFIG", "")
+    assert load_config(None)["num_epochs"] == defaults()["num_epochs"]
+    monkeypatch.setenv("CARS_LOCAL_CONFIG", str(tmp_path / "mine.yml"))
+    assert load_config(None)["num_epochs"] == 3
+    assert resolve_config(recipe).local is not None
+    monkeypatch.delenv("CARS_LOCAL_CONFIG")
+    assert load_config(None)["num_epochs"] == 7
+    monkeypatch.setenv("CARS_LOCAL_CONFIG", str(tmp_path / "nope.yml"))
+    with pytest.raises(ConfigError, match="CARS_LOCAL_CONFIG=.*nope.yml' names no file"):
+        load_config(None)

@@ -28,6 +28,7 @@ log = logging.getLogger("cars")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = "config.yml"
+LOCAL_CONFIG_ENV = "CARS_LOCAL_CONFIG"
 TEMPLATE_CONFIG = "config_template.yml"
 SECRET_MASK = "***"
 SET_SOURCE = "--set"
@@ -137,7 +138,17 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def local_config_path() -> Path | None:
-    """The user's local settings: `config.yml` in the current folder, else in the project folder; None if neither."""
+    """The user's local settings: `config.yml` in the current folder, else in the project folder; None if neither.
+
+    The environment variable CARS_LOCAL_CONFIG names another file instead, or, set empty, none at all (the test
+    suite sets it so, so that a user's own config.yml never changes what the tests run)."""
+    chosen = os.environ.get(LOCAL_CONFIG_ENV)
+    if chosen is not None:
+        if not chosen:
+            return None
+        if not Path(chosen).expanduser().is_file():
+            raise ConfigError(f"{LOCAL_CONFIG_ENV}={chosen!r} names no file (unset it to read config.yml)")
+        return Path(chosen).expanduser()
     for folder in (Path.cwd(), PROJECT_ROOT):
         if (folder / DEFAULT_CONFIG).is_file():
             return folder / DEFAULT_CONFIG
@@ -284,6 +295,8 @@ def reference_markdown() -> str:
         "names recipe keys only) < `-d` and `--set`. So `config.yml` holds what is yours (data and output paths,",
         "trackers and their credentials, hardware) once, and every recipe runs with it. Without `--config`,",
         "`config.yml` is read alone (else `config_template.yml`); `--no-local-config` leaves `config.yml` out.",
+        "`config.yml` is looked for in the current folder, then in the project folder; the environment variable",
+        "`CARS_LOCAL_CONFIG` names another file instead, or, set empty, none (the test suite runs so).",
         "`python train.py --config configs/thesis/C-50.yml --print-config` prints the result, each key that differs",
         "from its default followed by the file (or `--set`) it came from. A run warns when `config.yml` sets a",
         "recipe key (one that changes what is computed) that the recipe leaves to it.",
