@@ -1,4 +1,4 @@
-"""The architecture registry: the 2020 project's 26 names, each mapped to a from-scratch constructor.
+"""The architecture registry: the 2020 project's 26 names plus MobileNetV3, each mapped to a from-scratch constructor.
 
 Every constructor takes `num_classes=` and `img_channels=` keywords (GhostNet's also `dropout=`, `out_channels=`
 and `se_gate=`). torchvision supplies the architectures it has (weights=None: no pretrained weights); SqueezeNext,
@@ -89,6 +89,8 @@ def get_architectures_dictionary() -> dict[str, Callable[..., nn.Module]]:
         "sq_10": tvm.squeezenet1_0,
         "sq_11": tvm.squeezenet1_1,
         "mob_v2": tvm.mobilenet_v2,
+        "mob_v3_small": tvm.mobilenet_v3_small,
+        "mob_v3_large": tvm.mobilenet_v3_large,
         **{f"eff_b{i}": getattr(tvm, f"efficientnet_b{i}") for i in range(8)},
         "shuff_v2_x05": tvm.shufflenet_v2_x0_5,
         "shuff_v2_x10": tvm.shufflenet_v2_x1_0,

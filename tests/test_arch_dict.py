@@ -14,12 +14,12 @@ from models.arch_dict import (
 from utils.errors import ConfigError
 
 NAMES = (
-    "sq_10 sq_11 sqnxt_1 sqnxt_1v5 sqnxt_2 sqnxt_2v5 mob_v2 eff_b0 eff_b1 eff_b2 eff_b3 eff_b4 eff_b5 eff_b6 eff_b7 "
+    "sq_10 sq_11 sqnxt_1 sqnxt_1v5 sqnxt_2 sqnxt_2v5 mob_v2 mob_v3_small mob_v3_large eff_b0 eff_b1 eff_b2 eff_b3 eff_b4 eff_b5 eff_b6 eff_b7 "
     "ghost hard_39 hard_39dw hard_68 hard_68dw hard_85 hard_85dw shuff_v2_x05 shuff_v2_x10 shuff_v2_x15 shuff_v2_x20"
 ).split()
 
 
-def test_registry_holds_exactly_the_2020_names():
+def test_registry_holds_exactly_the_2020_names_and_mobilenet_v3():
     assert sorted(get_architectures_dictionary()) == sorted(NAMES)
 
 
@@ -80,3 +80,12 @@ def test_replacing_the_first_conv_keeps_its_geometry():
         before.stride,
         before.padding,
     )
+
+
+def test_mobilenet_v3_is_torchvisions_from_scratch_with_img_channels():
+    small = build_architecture("mob_v3_small", num_classes=196, img_channels=1, dropout=0.2, output_channels=320)
+    assert small.features[0][0].in_channels == 1 and small.classifier[-1].out_features == 196
+    # torchvision's MobileNetV3 with 1000 classes: 2.54 M (small) and 5.48 M (large) parameters
+    for name, params in (("mob_v3_small", 2_542_856), ("mob_v3_large", 5_483_032)):
+        model = build_architecture(name, num_classes=1000, img_channels=3, dropout=0.2, output_channels=320)
+        assert sum(p.numel() for p in model.parameters()) == params
