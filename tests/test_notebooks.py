@@ -83,7 +83,7 @@ def test_train_colab_notebook_trains_outside_colab_evaluates_and_exports_the_bes
     parameters, output = colab_parameters(tmp_path)
     # a string, as `papermill -p EXTRA_ARGS "..."` passes it: split as a shell line
     parameters["EXTRA_ARGS"] = shlex.join(parameters["EXTRA_ARGS"]) + " 'description=two words'"
-    parameters.update(EVALUATE=True, EXPORT_FORMAT="torchscript")
+    parameters.update(EVALUATE=True, EXPORT_FORMAT="onnx")
     # Started outside the project on purpose: the notebook must change to the project folder itself.
     printed = stdout_of(execute(with_parameters(ROOT / "train_colab.ipynb", parameters), tmp_path, timeout=600))
     run_dirs = [path.parent for path in output.glob("*/metrics.csv")]
@@ -95,7 +95,7 @@ def test_train_colab_notebook_trains_outside_colab_evaluates_and_exports_the_bes
     assert "--resume" not in printed  # nothing to resume the first time
     metrics = json.loads((run_dirs[0] / "evaluation" / "metrics.json").read_text())
     assert metrics["checkpoint"].endswith("best.ckpt") and "top-1 accuracy" in printed
-    exported = run_dirs[0] / "export" / f"{run_dirs[0].name}.pt"
+    exported = run_dirs[0] / "export" / f"{run_dirs[0].name}.onnx"
     assert exported.is_file() and f"exported: {exported}" in printed
 
 
