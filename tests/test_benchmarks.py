@@ -306,6 +306,7 @@ def test_step_graph_reports_a_failing_variant_and_still_measures_the_others(monk
     assert measured[0].startswith("(e)") and float(measured[1]) > 0
 
 
+@pytest.mark.slow  # subprocesses of the real command: the default run keeps a faster test of its path
 def test_throughput_with_cuda_graphs_refuses_what_cannot_be_graphed() -> None:
     refused = run_module("benchmarks.training_throughput", ["--cuda-graphs", "--device", "cpu"])
     assert refused.returncode != 0 and "--cuda-graphs needs a CUDA GPU" in refused.stderr

@@ -25,6 +25,7 @@ def test_mobilenet_v3_macs_match_its_paper():
     assert measure("mob_v3_large", (224, 224), runs=1).macs == pytest.approx(219e6, rel=0.03)
 
 
+@pytest.mark.slow  # subprocesses of the real command: the default run keeps a faster test of its path
 def test_table_file_has_a_header_and_one_row_per_requested_architecture(tmp_path, capsys):
     output = tmp_path / "table.md"
     main(
@@ -64,6 +65,7 @@ def test_unknown_architecture_is_a_config_error():
         main(["--architectures", "gost"])
 
 
+@pytest.mark.slow  # subprocesses of the real command: the default run keeps a faster test of its path
 def test_default_table_covers_every_registered_architecture(capsys):
     main(["--image-size", "32", "32", "--runs", "1", "--no-onnx"])
     rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]

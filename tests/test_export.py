@@ -77,6 +77,7 @@ def test_onnx_matches_pytorch_for_any_batch_size(checkpoint: Path, tmp_path: Pat
         np.testing.assert_allclose(_onnx_run(tmp_path / "cars.onnx", batch.numpy()), expected, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow  # subprocesses of the real command: the default run keeps a faster test of its path
 def test_labels_file_lists_class_names_in_output_order(trained: tuple[Path, Path], tmp_path: Path) -> None:
     from models.export import export
 
@@ -92,6 +93,7 @@ def test_labels_file_lists_class_names_in_output_order(trained: tuple[Path, Path
     assert pre["input_shape"] == ["batch", 3, 64, 64] and pre["dtype"] == "float32" and pre["layout"] == "NCHW"
 
 
+@pytest.mark.slow  # subprocesses of the real command: the default run keeps a faster test of its path
 def test_with_preprocessing_takes_uint8_pixels_and_matches_a_hand_prepared_image(checkpoint: Path,
                                                                                  tmp_path: Path) -> None:
     """An app's uint8 NHWC pixels give the fp32 model's output on the same image normalised by hand (PIL, numpy)."""
@@ -160,6 +162,7 @@ def test_executorch_fp32_and_int8_run_in_its_runtime(trained: tuple[Path, Path],
     assert (tmp_path / "int8.pte").stat().st_size < 0.5 * (tmp_path / "fp32.pte").stat().st_size
 
 
+@pytest.mark.slow  # subprocesses of the real command: the default run keeps a faster test of its path
 def test_verify_reports_the_exported_models_accuracy_beside_the_checkpoints(trained: tuple[Path, Path],
                                                                            tmp_path: Path) -> None:
     from models.export import export
@@ -180,6 +183,7 @@ def test_verify_reports_the_exported_models_accuracy_beside_the_checkpoints(trai
     assert "| cars.onnx (int8) |" in text and "within 1 point" in text
 
 
+@pytest.mark.slow  # subprocesses of the real command: the default run keeps a faster test of its path
 def test_missing_checkpoint_and_wrong_suffix_are_one_line_errors(tmp_path: Path) -> None:
     result = run_module("models.export", ["--checkpoint", str(tmp_path / "none.ckpt"), "--format", "onnx",
                                           "--output", str(tmp_path / "m.onnx")])

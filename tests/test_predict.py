@@ -118,6 +118,7 @@ def test_device_auto_takes_a_gpu_when_present_and_a_missing_gpu_is_one_line(monk
         resolve_device("cuda")
 
 
+@pytest.mark.slow  # subprocesses of the real command: the default run keeps a faster test of its path
 def test_predict_runs_on_the_device_asked_for(run_dir: Path, images: Path) -> None:
     import torch
 

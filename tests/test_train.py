@@ -187,6 +187,7 @@ def test_the_demo_trains_the_template_recipe_whatever_config_yml_holds(tmp_path:
     assert printed["image_size"] == [64, 64]  # the demo's own overrides still apply
 
 
+@pytest.mark.slow  # subprocesses of the real command: the default run keeps a faster test of its path
 def test_our_datasets_package_does_not_break_the_libraries_we_import() -> None:
     code = ("import datasets, datasets.stanford_data_module, mlflow, neptune, pytorch_lightning, torchmetrics, "
             "torchvision; import models.net_module, utils.trackers; print(datasets.__file__)")
@@ -283,6 +284,7 @@ def test_checkpoints_are_written_by_a_thread_and_complete_when_train_returns(dat
     assert last["epoch"] == 1 and (run_dir / "checkpoints" / "best.ckpt").is_file()
 
 
+@pytest.mark.slow  # subprocesses of the real command: the default run keeps a faster test of its path
 def test_held_out_validation_split_keeps_the_test_split_for_one_final_evaluation(data: Path, tmp_path: Path) -> None:
     from tests.helpers import run_module
 
