@@ -252,7 +252,9 @@ def test_step_profile_reports_the_hosts_time_per_lightning_action() -> None:
                  "[LightningModule]NetModule.on_after_batch_transfer"):
         assert 0 < rows[part] <= step  # nested in the training batch, or (the preprocessing) run before it
     wall = float(re.search(rf"wall time ({NUMBER}) ms per step", output).group(1))
-    assert step <= wall
+    # `step` is the median of the 3 timed batches, `wall` their mean: the median of three non-negative times is at
+    # most 1.5x their mean, whatever the machine's load does to one batch.
+    assert step <= 1.5 * wall
     assert "no CUDA GPU in use" in output
 
 
