@@ -149,6 +149,32 @@ def test_train_colab_notebook_on_colab_unpacks_the_drive_archive_on_the_runtime_
     assert f"--config {bad} -d {runtime} --set 'description=two words'" in printed  # a shell line, split
 
 
+def test_train_colab_notebook_on_colab_prepares_the_kaggle_zip_on_the_runtime_disk(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    """Without a prepared archive on Drive, the Kaggle zip as downloaded is copied and prepared on the runtime."""
+    from datasets.synthetic import make_synthetic
+
+    drive = make_synthetic(tmp_path / "drive", layout="torchvision", classes=3, train_per_class=2, test_per_class=1)
+    (kaggle_zip,) = drive.glob("*.zip")
+    bad = tmp_path / "bad.yml"
+    bad.write_text("num_epochs: -1\n")  # train.py stops at once: this test is about the data
+    runtime = tmp_path / "runtime" / "stanford"
+    fake_colab(tmp_path, monkeypatch)
+    notebook = with_parameters(ROOT / "train_colab.ipynb", {
+        "colab_remote_project_wdir": str(ROOT), "ALLOW_CPU": True, "DRIVE_DATA_ARCHIVE": None,
+        "KAGGLE_ZIP": str(kaggle_zip), "colab_data_dir": str(runtime), "CONFIG_PATH": str(bad), "RESUME": False,
+    })
+    with pytest.raises(CellExecutionError, match="exited with code 2"):
+        execute(notebook, tmp_path)
+    printed = stdout_of(notebook)
+    assert f"copying {kaggle_zip}" in printed
+    labels = {split: pd.read_csv(runtime / f"{split}_labels.csv") for split in ("train", "test")}
+    assert (len(labels["train"]), len(labels["test"])) == (6, 3)
+    assert sorted(p.name for p in (runtime / "train").iterdir()) == sorted(labels["train"]["image_fname"])
+    assert not runtime.with_name("stanford.partial").exists()  # the zip's copy is gone once prepared
+    assert f"--config {bad} -d {runtime}" in printed
+
+
 def test_train_colab_notebook_rerun_resumes_a_run_cut_off_by_a_disconnect(tmp_path: Path) -> None:
     parameters, output = colab_parameters(tmp_path)
     execute(with_parameters(ROOT / "train_colab.ipynb", parameters), tmp_path, timeout=600)
