@@ -184,6 +184,20 @@ def test_a_study_runs_its_trials_as_runs_and_writes_a_best_config_that_loads(sma
 
 
 @pytest.mark.slow
+def test_a_test_acc_objective_with_a_held_out_split_returns_each_runs_test_accuracy(tmp_path: Path) -> None:
+    data = write_prepared(tmp_path / "stanford", classes=2, train_per_class=4, test_per_class=2)
+    config = tiny_config(tmp_path, data, num_epochs=1)
+    space = write_space(tmp_path / "held_out.yml", {**SPACE, "objective": {"metric": "test_acc"}})
+    result = run_module("utils.sweep", sweep_args(space, config, "--n-trials", "1", "--study", "held",
+                                                  "--set", "validation_split=0.5"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (trial,) = load_study(tmp_path / "output", "held").get_trials()
+    summary = json.loads((tmp_path / "output" / "held-trial0" / "summary.json").read_text())
+    assert summary["validation_split"] == 0.5 and 0 <= summary["test_acc"] <= 1
+    assert trial.value == pytest.approx(summary["test_acc"])
+
+
+@pytest.mark.slow
 def test_the_best_config_trains_with_train_py(small_study) -> None:
     folder, _, result = small_study
     assert result.returncode == 0, result.stderr[-3000:]
