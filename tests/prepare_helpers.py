@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,3 +99,18 @@ def rewrite_zip(archive: Path, change: Callable[[list[tuple[zipfile.ZipInfo, byt
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
         for info, data in members:
             zipped.writestr(info, data)
+
+
+def fails_with(raw: Path, data: Path, *fragments: str) -> str:
+    """Prepare, expect a DataError whose one-line message holds every fragment, and no CSVs."""
+    from datasets.prepare import labels_csv, prepare_dataset
+    from utils.errors import DataError
+
+    with pytest.raises(DataError) as caught:
+        prepare_dataset(raw, data)
+    message = str(caught.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+    assert not labels_csv(data, "train").exists() and not labels_csv(data, "test").exists()
+    return message

@@ -15,7 +15,7 @@ from PIL import Image
 from datasets.prepare import labels_csv, prepare_dataset
 from datasets.stanford_data_module import StanfordCarsDataModule
 from tests.helpers import run_script
-from tests.prepare_helpers import Member, broken_huffman_table, make_raw, rewrite_tgz
+from tests.prepare_helpers import Member, broken_huffman_table, fails_with, make_raw, rewrite_tgz
 from utils.configuration import validate
 from utils.errors import DataError
 
@@ -35,17 +35,6 @@ def updated(pristine, tmp_path) -> Path:
 def original(pristine, tmp_path) -> Path:
     return Path(shutil.copytree(pristine["original"], tmp_path / "raw"))
 
-
-def fails_with(raw: Path, data: Path, *fragments: str) -> str:
-    """Prepare, expect a DataError whose one-line message holds every fragment, and no CSVs."""
-    with pytest.raises(DataError) as caught:
-        prepare_dataset(raw, data)
-    message = str(caught.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message, message
-    assert not labels_csv(data, "train").exists() and not labels_csv(data, "test").exists()
-    return message
 
 
 def test_missing_raw_folder_is_named(tmp_path):

@@ -18,7 +18,7 @@ from datasets.prepare import CSV_COLUMNS, labels_csv, prepare_dataset
 from datasets.stanford_data_module import StanfordCarsDataModule
 from datasets.synthetic import class_folder
 from tests import helpers
-from tests.prepare_helpers import labels_by_pixels, make_raw, rewrite_zip, unzip_all
+from tests.prepare_helpers import fails_with, labels_by_pixels, make_raw, rewrite_zip, unzip_all
 from utils.configuration import validate
 from utils.errors import DataError
 
@@ -48,16 +48,6 @@ def same_labels(data: Path, reference: Path, boxes: bool = True) -> None:
     else:
         assert {k: (v[0], v[1], v[-1]) for k, v in ours.items()} == {k: (v[0], v[1], v[-1]) for k, v in theirs.items()}
 
-
-def fails_with(raw_path: Path, data: Path, *fragments: str) -> str:
-    with pytest.raises(DataError) as caught:
-        prepare_dataset(raw_path, data)
-    message = str(caught.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message, message
-    assert not labels_csv(data, "train").exists() and not labels_csv(data, "test").exists()
-    return message
 
 
 def test_the_recommended_zip_given_as_the_raw_path_prepares_end_to_end(raw, tmp_path):
