@@ -303,3 +303,12 @@ def test_the_trial_start_benchmark_prints_each_part_for_the_first_and_a_later_tr
     for part in ("imports (once per worker)", "image cache (find, open)", "model", "MLflow run", "total"):
         assert part in rows
     assert len(list((tmp_path / "bench" / "cache").glob("train-*.npy"))) == 1  # built once, opened after
+
+
+def test_a_storage_whose_driver_is_missing_names_the_driver_in_one_line() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("pymysql") is not None:
+        pytest.skip("PyMySQL is installed here")
+    with pytest.raises(ConfigError, match="database driver 'pymysql' is not installed; e.g. pip install"):
+        open_storage("mysql+pymysql://optuna:optuna@127.0.0.1:3306/optuna")

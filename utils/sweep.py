@@ -75,8 +75,10 @@ def open_storage(spec: str) -> Any:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # Optuna marks heartbeats experimental
             return optuna.storages.RDBStorage(spec, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
     except (ImportError, ModuleNotFoundError) as error:
-        raise ConfigError(f"--storage {spec}: its database driver is not installed ({error.name}); e.g. pip install "
-                          "psycopg2-binary for postgresql://, PyMySQL for mysql+pymysql://") from None
+        # Optuna wraps SQLAlchemy's ModuleNotFoundError, which names the missing driver module
+        missing = getattr(error.__cause__, "name", None) or error.name or "?"
+        raise ConfigError(f"--storage {spec}: its database driver {missing!r} is not installed; e.g. pip install "
+                          "'psycopg[binary]' for postgresql://, PyMySQL for mysql+pymysql://") from None
     except Exception as error:  # noqa: BLE001 - SQLAlchemy's errors (bad URL, server not reachable) are user errors
         raise ConfigError(f"--storage {spec}: cannot open it ({type(error).__name__}: "
                           f"{' '.join(str(error).split())[:200]})") from None
