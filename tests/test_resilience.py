@@ -23,7 +23,7 @@ RECIPE = {"num_epochs": EPOCHS, "seed": 7, "lr_scheduler": "MultiStepLR",
           "lr_scheduler_params": {"gamma": 0.1, "milestones": [2, 3]}}
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def data(generated_data: Path) -> Path:
     return generated_data  # made once per session (tests/conftest.py); read only
 
