@@ -11,8 +11,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from datasets.prepare import prepare_dataset
-from datasets.synthetic import LAYOUTS, MAX_SIZE, MIN_SIZE, make_synthetic
+from datasets.raw.prepare import prepare_dataset
+from datasets.raw.synthetic import LAYOUTS, MAX_SIZE, MIN_SIZE, make_synthetic
 from utils.cli import run_main
 from utils.configuration import is_placeholder, load_config
 from utils.errors import ConfigError

@@ -2,7 +2,7 @@
 
 The generated JPEGs are about 700x480 like the real photos (mean size of Stanford Cars), with smooth gradients,
 shapes and mild sensor-like noise so that they compress and decode like photographs rather than like pure noise.
-They are written in the prepared-data contract of `datasets/stanford_data.py`.
+They are written in the prepared-data contract of `datasets/prepared/stanford_data.py`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 import torchvision
 from PIL import Image, ImageDraw
 
-from datasets.stanford_data import LABEL_COLUMNS
+from datasets.prepared.stanford_data import LABEL_COLUMNS
 from utils.errors import UserError
 
 NUM_CLASSES = 196  # Stanford Cars

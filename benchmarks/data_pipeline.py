@@ -41,7 +41,7 @@ from benchmarks.common import (
     markdown_table,
     synchronize,
 )
-from datasets.stanford_data_module import StanfordCarsDataModule
+from datasets.prepared.stanford_data_module import StanfordCarsDataModule
 from utils.cli import run_main
 from utils.configuration import validate
 
@@ -182,7 +182,7 @@ def run(args: argparse.Namespace, data_path: Path, cache_dir: Path, device: torc
             consume(next(iter(on_device.train_dataloader())))  # warm-up: CUDA context and kernels
             rows[device_row] = (on_device.train_dataloader, consume)
         except ImportError:
-            notes.append(f"{device_row}: skipped, datasets/device_augment.py is missing")
+            notes.append(f"{device_row}: skipped, datasets/device_augmentation/augmenter.py is missing")
 
     seconds: dict[str, list[float]] = {name: [] for name in rows}
     counts: dict[str, int] = {}

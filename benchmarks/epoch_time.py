@@ -162,7 +162,7 @@ def timed_run(config: dict, epochs: int, phases: EpochPhases) -> tuple[float, li
     """Seconds of one `train()` of `epochs` epochs, and each epoch's `epoch_time_s` from its metrics.csv."""
     import pandas as pd
 
-    from train import train
+    from models.training_run import train
 
     printer = EpochPrinter(Path(config["output_path"]))
     printer.start()
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             label = "versus " + " ".join(args.versus)
             configs[label] = validate(apply_overrides({**defaults(), **base}, args.overrides + args.versus),
                                       "defaults with --set and --versus overrides")
-        from datasets.stanford_data_module import StanfordCarsDataModule
+        from datasets.prepared.stanford_data_module import StanfordCarsDataModule
 
         machine = machine_description()
         start = time.perf_counter()

@@ -122,7 +122,7 @@ for folder, train, test in [$(IFS=,; for need in "${NEEDS[@]}"; do printf '(%s),
 fi
 
 want tests && step tests 200 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "not cuda_graphs" \
-    "tests/test_device_augment.py::test_cuda_batch_stays_on_device_and_seeds_reproduce"
+    "tests/datasets/device_augmentation/test_augmenter.py::test_cuda_batch_stays_on_device_and_seeds_reproduce"
 # While the data is generated too (correctness only).
 want graph-test && step graph-test 150 $PY -m pytest -q -s -p no:cacheprovider tests/test_cuda.py -k cuda_graphs
 wait_for_data

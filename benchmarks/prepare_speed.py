@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from datasets.prepare import PrepareSummary, prepare_dataset  # noqa: E402
-from datasets.synthetic import make_synthetic  # noqa: E402
+from datasets.raw.prepare import PrepareSummary, prepare_dataset  # noqa: E402
+from datasets.raw.synthetic import make_synthetic  # noqa: E402
 
 TRAIN_SHARE = 8144 / 16185
 

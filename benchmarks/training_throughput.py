@@ -35,7 +35,7 @@ from benchmarks.common import (
     quiet_lightning,
     synchronize,
 )
-from datasets.stanford_data_module import StanfordCarsDataModule
+from datasets.prepared.stanford_data_module import StanfordCarsDataModule
 from models.training_parts import CUDA_GRAPH_MODES
 from utils.cli import run_main
 from utils.config_schema import KEYS

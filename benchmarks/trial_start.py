@@ -28,7 +28,7 @@ from benchmarks.common import machine_description, markdown_table, quiet_lightni
 from utils.cli import positive_int, run_main
 
 IMPORTS = ("import train, utils.sweep, optuna, pytorch_lightning, mlflow; "
-           "import datasets.stanford_data_module, models.net_module, utils.trackers")
+           "import datasets.prepared.stanford_data_module, models.net_module, utils.trackers")
 
 
 def write_copies(root: Path, train: int, test: int) -> Path:
@@ -64,7 +64,7 @@ def trial_start(config: dict, run_dir: Path) -> dict[str, float]:
     """Seconds of each part of one trial's start, as train() runs them."""
     import pytorch_lightning as pl
 
-    from datasets.stanford_data_module import StanfordCarsDataModule
+    from datasets.prepared.stanford_data_module import StanfordCarsDataModule
     from models.net_module import NetModule
     from utils.trackers import build_loggers
 

@@ -1,1 +1,2 @@
-"""Raw Stanford Cars preparation, the Dataset and DataModule, the image cache and the synthetic generator."""
+"""The data: `raw` reads and prepares the raw releases, `prepared` feeds prepared folders to training,
+`device_augmentation` augments whole batches on the training device."""

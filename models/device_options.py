@@ -25,7 +25,7 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 def _device_augmentations_unsupported(config: dict[str, Any]) -> str | None:
     """Why the configured augmentations cannot run on the device (an unsupported transform, say), or None."""
-    from datasets.device_augment import DeviceAugmenter, device_augmentation_settings
+    from datasets.device_augmentation.augmenter import DeviceAugmenter, device_augmentation_settings
 
     settings = device_augmentation_settings({**config, "gpu_augmentations": True})
     try:

@@ -93,7 +93,7 @@ def worst_classes(per_class: pd.DataFrame, count: int = WORST_CLASSES) -> pd.Dat
 
 def evaluate(module: torch.nn.Module, data_path: Path, batch_size: int = 64, num_workers: int = 0) -> Evaluation:
     """Run `module` (a NetModule in eval mode) over the test split of the prepared data at `data_path`."""
-    from datasets.stanford_data import StanfordCarsDataset, check_folder_matches, read_labels
+    from datasets.prepared.stanford_data import StanfordCarsDataset, check_folder_matches, read_labels
     from models.inference import class_names, eval_prefix, predict_probabilities
 
     labels = read_labels(data_path, "test")

@@ -96,7 +96,7 @@ def preprocessing_contract(module: nn.Module, with_preprocessing: bool = False, 
 
 def calibration_images(module: nn.Module, data_path: Path, count: int, seed: int) -> list[torch.Tensor]:
     """`count` training images (uint8, (C, H, W), eval preprocessing: whole image, no crop) drawn with `seed`."""
-    from datasets.stanford_data import StanfordCarsDataset
+    from datasets.prepared.stanford_data import StanfordCarsDataset
     from models.inference import eval_prefix
 
     dataset = StanfordCarsDataset(data_path, "train", eval_prefix(module))

@@ -2,7 +2,7 @@
 
 A checkpoint of `models/net_module.py: NetModule` stores the architecture, the image size, grayscale (img_channels),
 the normalization and the class names, so nothing else is needed. Evaluation images go through the deterministic
-prefix of `datasets/transforms.py` (RGB -> Resize -> optional Grayscale; no bbox crop, as for the test split) and
+prefix of `datasets/prepared/transforms.py` (RGB -> Resize -> optional Grayscale; no bbox crop, as for the test split) and
 then `NetModule.preprocess`, exactly as validation batches in training.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
-from datasets.transforms import PrefixSettings, apply_prefix, to_uint8_tensor
+from datasets.prepared.transforms import PrefixSettings, apply_prefix, to_uint8_tensor
 from models.net_module import NetModule
 from utils.errors import UserError
 from utils.files import checkpoint_path_problem

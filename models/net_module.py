@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 
-from datasets.device_augment import DeviceAugmenter, device_augmentation_settings
+from datasets.device_augmentation.augmenter import DeviceAugmenter, device_augmentation_settings
 from models.arch_dict import build_architecture
 from models.cuda_graphs import NotGraphable, TrainingGraph
 from models.epoch_metrics import LossAndAccuracy

@@ -92,7 +92,7 @@ def read_description(model: Path) -> dict:
 
 def measure(model: Path, data_path: Path | None = None, runs: int = 50) -> Verification:
     """Run `model` and its checkpoint's network over the validation split and time both at batch 1."""
-    from datasets.stanford_data import StanfordCarsDataset
+    from datasets.prepared.stanford_data import StanfordCarsDataset
     from models.export import model_input
     from models.inference import eval_prefix, load_module
 

@@ -65,8 +65,8 @@ def generated_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained_run(generated_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The run folder of one one-epoch training of the real code on `generated_data` (tiny CPU config), made once
     per session; tests read its checkpoints and may add files beside them (models/evaluate.py's `evaluation/`)."""
+    from models.training_run import train
     from tests.helpers import tiny_config
-    from train import train
     from utils.configuration import load_config
 
     base = tmp_path_factory.mktemp("trained")

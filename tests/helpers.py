@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def generated_prepared_data(base: Path, classes: int = 3, train_per_class: int = 4, test_per_class: int = 2) -> Path:
     """Raw files from the synthetic generator, prepared by the real preparation code; returns the prepared folder."""
-    from datasets.prepare import prepare_dataset
-    from datasets.synthetic import make_synthetic
+    from datasets.raw.prepare import prepare_dataset
+    from datasets.raw.synthetic import make_synthetic
 
     raw = make_synthetic(base / "raw", layout="updated", classes=classes, train_per_class=train_per_class,
                          test_per_class=test_per_class, seed=1, max_size=160)

@@ -15,7 +15,7 @@ from benchmarks import data_pipeline
 from benchmarks.common import generate_prepared, markdown_table
 from benchmarks.epoch_time import PHASES
 from benchmarks.training_throughput import C50_EPOCHS, TRAIN_IMAGES, VALID_IMAGES
-from datasets.stanford_data_module import StanfordCarsDataModule
+from datasets.prepared.stanford_data_module import StanfordCarsDataModule
 from tests.helpers import run_module
 from utils.cli import run_main
 from utils.configuration import validate
@@ -69,7 +69,7 @@ def test_data_pipeline_prints_every_path_with_a_ratio_to_the_baseline() -> None:
     for _, rate, ratio in rows[1:]:
         assert float(ratio[:-1]) == pytest.approx(float(rate) / float(rows[0][1]), abs=0.02)
     assert re.search(r"one-off cache build: " + NUMBER + " s for 17 images", output)
-    if torch.cuda.is_available() and importlib.util.find_spec("datasets.device_augment"):
+    if torch.cuda.is_available() and importlib.util.find_spec("datasets.device_augmentation.augmenter"):
         assert names[3].startswith("(c)")
     else:
         assert len(rows) == 3 and "(c) project, cache" in output and "skipped" in output
@@ -230,7 +230,7 @@ def test_loop_overhead_reports_each_loop_against_the_plain_one() -> None:
 
 
 def test_the_device_row_runs_the_modules_own_preprocessing() -> None:
-    from datasets.device_augment import DeviceAugmenter, device_augmentation_settings
+    from datasets.device_augmentation.augmenter import DeviceAugmenter, device_augmentation_settings
     from models.net_module import NetModule
 
     config = validate({"gpu_augmentations": True, "image_size": [32, 32]})

@@ -19,7 +19,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def single_process_accuracy(checkpoint: Path, config: dict) -> float:
-    from datasets.stanford_data_module import StanfordCarsDataModule
+    from datasets.prepared.stanford_data_module import StanfordCarsDataModule
     from models.net_module import NetModule
 
     model = NetModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()

@@ -105,3 +105,29 @@ def test_readme_links_the_documentation_index() -> None:
     assert (ROOT / "README.md").is_file(), "README.md is missing"
     targets = {target.rstrip("/") for target in relative_links(ROOT / "README.md")}
     assert targets & {"documentation", "documentation/README.md"}, "README.md should link documentation/README.md"
+
+
+# A project file named in inline code, e.g. `datasets/raw/prepare.py` or `tests/test_train.py::test_x`.
+CODE_PATH = re.compile(r"`(?:(?:python|bash)\s+)?"
+                       r"((?:datasets|models|utils|benchmarks|tests|configs|notebooks|documentation|\.ci)/"
+                       r"[\w./-]+?\.(?:py|md|yml|sh|ipynb|json|txt))(?:::[\w\[\]-]+)?(?:\s[^`]*)?`")
+
+
+def code_paths(path: Path) -> list[str]:
+    """Project files a markdown file names in inline code (commands included: `python benchmarks/x.py --y`)."""
+    return CODE_PATH.findall(FENCE.sub("", path.read_text(encoding="utf-8")))
+
+
+def test_code_path_pattern_finds_project_files_in_inline_code(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.md"
+    sample.write_text("`datasets/raw/prepare.py`, `tests/test_train.py::test_a`, `python benchmarks/x.py --n 3`,\n"
+                      "`config.yml`, `demo/raw`, `models/`, `utils.summary`\n```\n`models/fenced.py`\n```\n")
+    assert code_paths(sample) == ["datasets/raw/prepare.py", "tests/test_train.py", "benchmarks/x.py"]
+
+
+# The measurement log is left out: its entries name files as they were at the commit they measured.
+@pytest.mark.parametrize("path", [path for path in markdown_files() if path.name != "RESULTS.md"],
+                         ids=lambda path: str(path.relative_to(ROOT)))
+def test_every_project_file_the_docs_name_exists(path: Path) -> None:
+    missing = sorted({name for name in code_paths(path) if not (ROOT / name).exists()})
+    assert not missing, f"{path.relative_to(ROOT)} names files that do not exist: {', '.join(missing)}"

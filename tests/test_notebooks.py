@@ -17,7 +17,7 @@ from jupyter_client.kernelspec import find_kernel_specs
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from datasets.normalization import compute_normalization, format_for_config
+from datasets.prepared.normalization import compute_normalization, format_for_config
 from tests.conftest import write_prepared
 from tests.helpers import ROOT, generated_prepared_data, tiny_config
 
@@ -152,7 +152,7 @@ def test_train_colab_notebook_on_colab_unpacks_the_drive_archive_on_the_runtime_
 def test_train_colab_notebook_on_colab_prepares_the_kaggle_zip_on_the_runtime_disk(tmp_path: Path,
                                                                                    monkeypatch) -> None:
     """Without a prepared archive on Drive, the Kaggle zip as downloaded is copied and prepared on the runtime."""
-    from datasets.synthetic import make_synthetic
+    from datasets.raw.synthetic import make_synthetic
 
     drive = make_synthetic(tmp_path / "drive", layout="torchvision", classes=3, train_per_class=2, test_per_class=1)
     (kaggle_zip,) = drive.glob("*.zip")

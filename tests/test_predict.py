@@ -89,7 +89,7 @@ def test_a_photo_stored_sideways_with_an_exif_orientation_is_read_upright(tmp_pa
     import numpy as np
     from PIL import Image
 
-    from datasets.transforms import PrefixSettings
+    from datasets.prepared.transforms import PrefixSettings
     from models.inference import load_image
 
     upright = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 64, 3), dtype=np.uint8))

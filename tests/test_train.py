@@ -145,7 +145,7 @@ def test_an_epoch_that_would_end_with_a_batch_of_one_leaves_that_image_out(data:
     """12 training images in batches of 11: batch norm cannot train on the 12th alone (GhostNet's head fails)."""
     import logging
 
-    from train import train
+    from models.training_run import train
     from utils.configuration import load_config
 
     with caplog.at_level(logging.WARNING, logger="cars"):
@@ -189,7 +189,7 @@ def test_the_demo_trains_the_template_recipe_whatever_config_yml_holds(tmp_path:
 
 @pytest.mark.slow  # subprocesses of the real command: the default run keeps a faster test of its path
 def test_our_datasets_package_does_not_break_the_libraries_we_import() -> None:
-    code = ("import datasets, datasets.stanford_data_module, mlflow, neptune, pytorch_lightning, torchmetrics, "
+    code = ("import datasets, datasets.prepared.stanford_data_module, mlflow, neptune, pytorch_lightning, torchmetrics, "
             "torchvision; import models.net_module, utils.trackers; print(datasets.__file__)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -264,7 +264,7 @@ def test_checkpoints_are_written_by_a_thread_and_complete_when_train_returns(dat
 
     from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-    from train import train
+    from models.training_run import train
     from utils.configuration import load_config
 
     writes = []

@@ -152,7 +152,7 @@ class Worker:
     def objective(self, trial: Any) -> float:
         import optuna
 
-        from train import Interrupted, train
+        from models.training_run import Interrupted, train
         from utils.run_outputs import read_summary
         from utils.sweep_pruning import PruningCallback
         from utils.sweep_report import CONFIG_ATTR, stored_config

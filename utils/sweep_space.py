@@ -240,7 +240,7 @@ def _check_key(dotted: str, where: str) -> None:
 
 def check_candidate(base: dict[str, Any], settings: dict[str, Any], where: str) -> dict[str, Any]:
     """The base config with `settings` put in, checked as train() would check it before running; returns it."""
-    from datasets.transforms import build_v2_pipeline
+    from datasets.prepared.transforms import build_v2_pipeline
     from models.training_parts import check_training_parts
 
     try:

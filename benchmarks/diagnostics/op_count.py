@@ -23,7 +23,7 @@ each kernel-launching operator's tensor inputs and outputs in full, a broadcast 
 tensor changed in place (or an `out=` buffer) as written. It is an upper bound where an operator reads only part of
 an input (gather, grid_sample) or a schema marks a list it may leave alone (the fused optimizer's gradients), and it
 ignores caches. The preprocessing is counted as eager runs it and as a CUDA graph's capture records it (colour
-channels mixed by in-place multiply-adds instead of batched matrix products; see datasets/device_color.py).
+channels mixed by in-place multiply-adds instead of batched matrix products; see datasets/device_augmentation/color.py).
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         module.preprocess(uint8_batch, train=True, drawn=drawn)
 
     def recorded_preprocessing() -> None:
-        with mock.patch("datasets.device_color.launches_are_free", return_value=True):
+        with mock.patch("datasets.device_augmentation.color.launches_are_free", return_value=True):
             preprocessing()
 
     parts = [("preprocessing: uint8 -> float, device augmentations (parameters from the workers), Normalize",

@@ -65,7 +65,7 @@ class Batches:
     parameters for the preprocessing variant) and class targets."""
 
     def __init__(self, config: dict[str, Any], device: torch.device, seed: int = 0) -> None:
-        from datasets.device_augment import DeviceAugmenter, device_augmentation_settings
+        from datasets.device_augmentation.augmenter import DeviceAugmenter, device_augmentation_settings
 
         generator = torch.Generator().manual_seed(seed)
         shape = (config["batch_size"], 3, *config["image_size"])

@@ -138,7 +138,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_lightning()
-    from datasets.stanford_data_module import StanfordCarsDataModule
+    from datasets.prepared.stanford_data_module import StanfordCarsDataModule
     from models.net_module import NetModule
 
     machine = machine_description()

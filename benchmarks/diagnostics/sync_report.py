@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         raise UserError("sync_report needs a CUDA GPU: sync debugging exists for CUDA only")
     quiet_lightning()
-    from datasets.stanford_data_module import StanfordCarsDataModule
+    from datasets.prepared.stanford_data_module import StanfordCarsDataModule
     from models.net_module import NetModule
 
     with tempfile.TemporaryDirectory(prefix="cars-sync-") as tmp:
