@@ -1,4 +1,4 @@
-"""What a training process pays the first time it meets each batch shape, taken apart from the graph capture.
+"""Why is the first epoch slower? What a training process pays the first time it meets each batch shape.
 
     python -m benchmarks.first_use [--image-size 227] [--batch-size 64] [--train-images 8144]
         [--valid-batch-size 256] [--test-images 8041] [--device cuda]

@@ -1,4 +1,4 @@
-"""CPU time a sweep trial spends before its first batch: imports, data module, image cache, model, trainer, tracker.
+"""What does a sweep trial cost before its first batch? Imports, data module, image cache, model, trainer, tracker.
 
     python -m benchmarks.trial_start [--train 8144] [--test 8041] [--rounds 3] [--folder /tmp/trial_start]
 

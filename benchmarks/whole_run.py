@@ -1,5 +1,5 @@
-"""A whole `python train.py` run, timed from outside: process start, image cache build, every epoch, checkpoints,
-the end; and the C-50 time projected from it.
+"""How long does a whole `python train.py` run take, timed from outside? Process start, image cache build, every
+epoch, checkpoints, the end; and the C-50 time projected from it.
 
     python -m benchmarks.whole_run [--data-dir DIR] [--train-images 8144] [--test-images 8041] [--epochs 3]
         [--config configs/thesis/C-50.yml] [--cpus 0,1] [--versus-cpus 0,1] [--set KEY=VALUE ...]

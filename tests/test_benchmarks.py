@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import re
 from pathlib import Path
@@ -16,7 +17,7 @@ from benchmarks.common import generate_prepared, markdown_table
 from benchmarks.epoch_time import PHASES
 from benchmarks.training_throughput import C50_EPOCHS, TRAIN_IMAGES, VALID_IMAGES
 from datasets.prepared.stanford_data_module import StanfordCarsDataModule
-from tests.helpers import run_module
+from tests.helpers import ROOT, run_module
 from utils.cli import run_main
 from utils.configuration import validate
 
@@ -313,3 +314,15 @@ def test_throughput_with_cuda_graphs_refuses_what_cannot_be_graphed() -> None:
     refused = run_module("benchmarks.training_throughput", ["--cuda-graphs", "--device", "cpu"])
     assert refused.returncode != 0 and "--cuda-graphs needs a CUDA GPU" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_each_benchmark_at_the_top_asks_its_question_first_and_the_diagnostics_have_a_readme() -> None:
+    folder = ROOT / "benchmarks"
+    scripts = [path for path in folder.glob("*.py") if path.name not in {"__init__.py", "common.py"}]
+    assert len(scripts) >= 4
+    for path in scripts:
+        first = (ast.get_docstring(ast.parse(path.read_text())) or "").split("\n")[0]
+        assert "?" in first, f"{path.name}'s docstring should open with the question it answers: {first!r}"
+    readme = (folder / "diagnostics" / "README.md").read_text()
+    for path in (folder / "diagnostics").glob("*.py"):
+        assert path.name == "__init__.py" or f"benchmarks.diagnostics.{path.stem}" in readme, path.name
