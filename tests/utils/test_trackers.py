@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ from utils.errors import ConfigError
 from utils.run_params import PARAM_NAMES, detect_runtime, run_params
 from utils.trackers import build_loggers, finalize_trackers, neptune_api_token
 
-TOKEN = "tok-4f1c9e2b-unique-secret"
+# Made at run time: Neptune uploads the checkout's uncommitted diff, which would hold a token written in this file.
+TOKEN = f"tok-{uuid.uuid4().hex}-unique-secret"
 EPOCHS = 2
 
 
