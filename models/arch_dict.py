@@ -20,7 +20,8 @@ from utils.configuration import unknown_name_message
 from utils.errors import ConfigError
 
 # Smallest square input (px) each family accepts, found by forward passes at every size from 1 px up (eval mode with
-# batch 1, train mode with batch 2); tests/models/test_arch_dict.py checks that each minimum works and one pixel less fails.
+# batch 1, train mode with batch 2); tests/models/test_arch_dict.py checks that each minimum works and one pixel less
+# fails.
 # Every network here ends in global pooling, so only unpadded stride-2 layers set a floor: SqueezeNet's 7x7 (1.0) or
 # 3x3 (1.1) stem and ceil-mode max-pools, SqueezeNext's 3x3 max-pool, HarDNet's 2x2 max-pools between blocks (its DS
 # variants downsample with padded depthwise convs instead). The thesis's 227 px (SqueezeNext) and 224 px (GhostNet)

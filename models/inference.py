@@ -2,8 +2,8 @@
 
 A checkpoint of `models/net_module.py: NetModule` stores the architecture, the image size, grayscale (img_channels),
 the normalization and the class names, so nothing else is needed. Evaluation images go through the deterministic
-prefix of `datasets/prepared/transforms.py` (RGB -> Resize -> optional Grayscale; no bbox crop, as for the test split) and
-then `NetModule.preprocess`, exactly as validation batches in training.
+prefix of `datasets/prepared/transforms.py` (RGB -> Resize -> optional Grayscale; no bbox crop, as for the test
+split) and then `NetModule.preprocess`, exactly as validation batches in training.
 """
 
 from __future__ import annotations

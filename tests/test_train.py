@@ -189,8 +189,8 @@ def test_the_demo_trains_the_template_recipe_whatever_config_yml_holds(tmp_path:
 
 @pytest.mark.slow  # subprocesses of the real command: the default run keeps a faster test of its path
 def test_our_datasets_package_does_not_break_the_libraries_we_import() -> None:
-    code = ("import datasets, datasets.prepared.stanford_data_module, mlflow, neptune, pytorch_lightning, torchmetrics, "
-            "torchvision; import models.net_module, utils.trackers; print(datasets.__file__)")
+    code = ("import datasets, datasets.prepared.stanford_data_module, mlflow, neptune, pytorch_lightning, "
+            "torchmetrics, torchvision; import models.net_module, utils.trackers; print(datasets.__file__)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()).parent == ROOT / "datasets"

@@ -14,7 +14,8 @@ and converts back; Pillow's two conversions were most of the jitter's time (exac
 16.7-million-entry lookup tables measured no faster). OpenCV's 8-bit full-range HSV conversions do the same round
 trip about 4x faster, with the same shift on the same 0..255 hue circle; the pixels differ from torchvision's by
 rounding (both round trips already move pixels by a few levels at a zero shift; between the two, at most 13 of 255
-levels and about 1.2 on average in tests/datasets/prepared/test_fast_color_jitter.py's images, all shifts of [-0.5, 0.5]).
+levels and about 1.2 on average in tests/datasets/prepared/test_fast_color_jitter.py's images, all shifts of
+[-0.5, 0.5]).
 """
 
 from __future__ import annotations
