@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import shutil
 import sys
@@ -164,11 +165,9 @@ def train(config: dict[str, Any], resume: str | None = None, callbacks: list | N
 def _run_dir(config: dict[str, Any], checkpoint: Path | None) -> Path:
     """The run folder: the checkpoint's when resuming, else a new one made by rank 0.
 
-    Under DDP, Lightning starts ranks 1..N-1 by running this script again; they find rank 0's folder in
+    Under DDP, Lightning starts ranks 1..N-1 by running the command (train.py) again; they find rank 0's folder in
     CARS_RUN_DIR. Processes started by torchrun or SLURM all start at once and agree on the folder by `run_name`.
     """
-    import os
-
     from pytorch_lightning.utilities import rank_zero_only
 
     from utils.resilience import run_dir_of
